@@ -1,0 +1,28 @@
+"""What every stage script shares: params loading and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tripletml.params import Params, load_params  # noqa: E402
+
+PARAMS_FILE = os.environ.get("TRIPLETML_PARAMS", "params.yaml")
+
+
+def params() -> Params:
+    return load_params(PARAMS_FILE)
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage; expected failures print one ``error:`` line and exit 1."""
+    from tripletml.errors import EXPECTED_ERRORS
+
+    try:
+        main()
+    except EXPECTED_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,64 @@
+"""Fetch the official Omniglot zips, or accept a copy the user placed.
+
+A downloaded file must match the official MD5; a placed copy is validated by its
+structure instead (when prepared), because re-packed copies carry other checksums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tripletml.atomic import atomic_path
+
+BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
+OFFICIAL_MD5 = {
+    "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
+}
+
+
+class DownloadError(RuntimeError):
+    """The zips are neither present nor downloadable."""
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "md5") -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fetch(url: str, dest: Path, md5: str, timeout: float) -> None:
+    with atomic_path(dest) as tmp:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                out.write(block)
+        got = file_digest(tmp)
+        if got != md5:
+            raise DownloadError(f"{url}: MD5 {got} does not match the official {md5}")
+
+
+def ensure_raw_zips(raw_dir: str | os.PathLike, base_url: str = BASE_URL, timeout: float = 30.0) -> dict[str, Path]:
+    """Return the paths of both zips in ``raw_dir``, downloading any that are missing."""
+    raw_dir = Path(raw_dir)
+    paths, missing = {}, []
+    for name, md5 in OFFICIAL_MD5.items():
+        dest = raw_dir / name
+        paths[name] = dest
+        if dest.is_file():
+            continue
+        try:
+            _fetch(base_url + name, dest, md5, timeout)
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            missing.append(f"{name} ({getattr(exc, 'reason', exc)})")
+    if missing:
+        raise DownloadError(
+            f"cannot download {', '.join(missing)}: put images_background.zip and "
+            f"images_evaluation.zip in {raw_dir}/ (cp <dir>/images_*.zip {raw_dir}/)"
+        )
+    return paths

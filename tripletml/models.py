@@ -1,0 +1,342 @@
+"""Embedding networks and the triplet network that shares one across a triplet.
+
+``build_embedding(arch, image_size)`` maps model images (batch, S, S, 1) float32
+(1 = ink) to (batch, D) embeddings. Each architecture is a flat list of layer specs,
+so the same list drives both the Keras build and the analytic spatial-size check
+(:func:`min_image_size`): a too-small image size fails with a clear message before
+Keras is involved.
+
+All custom layers are registered Keras serialisables (no Lambda layers), so
+``keras.models.load_model("x.keras")`` works once this module is imported.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable, Sequence
+
+import keras
+from keras import layers, ops
+
+# --------------------------------------------------------------------------------
+# Serialisable layers.
+
+
+@keras.saving.register_keras_serializable(package="tripletml")
+class L2Normalize(keras.layers.Layer):
+    """Scale each embedding to unit L2 norm along ``axis``."""
+
+    def __init__(self, axis: int = -1, epsilon: float = 1e-12, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = axis
+        self.epsilon = epsilon
+
+    def call(self, x):
+        # The epsilon floor keeps an all-zero row (dead ReLUs) finite.
+        sq = ops.sum(ops.square(x), axis=self.axis, keepdims=True)
+        return x * ops.rsqrt(ops.maximum(sq, self.epsilon))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="tripletml")
+class FoldTriplets(keras.layers.Layer):
+    """(B, group, *item) -> (B * group, *item): stack a batch of tuples as one batch.
+
+    Row-major order keeps each tuple's members adjacent (a0, p0, n0, a1, ...), which
+    :class:`UnfoldTriplets` relies on to put them back side by side.
+    """
+
+    def __init__(self, group: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.group = group
+
+    def call(self, x):
+        return ops.reshape(x, (-1,) + tuple(x.shape[2:]))
+
+    def compute_output_shape(self, input_shape):
+        batch = None if input_shape[0] is None else input_shape[0] * self.group
+        return (batch,) + tuple(input_shape[2:])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "group": self.group}
+
+
+@keras.saving.register_keras_serializable(package="tripletml")
+class UnfoldTriplets(keras.layers.Layer):
+    """(B * group, D) -> (B, group * D): concat(a, p, n) embeddings per row."""
+
+    def __init__(self, group: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.group = group
+
+    def call(self, x):
+        return ops.reshape(x, (-1, self.group * x.shape[-1]))
+
+    def compute_output_shape(self, input_shape):
+        batch = None if input_shape[0] is None else input_shape[0] // self.group
+        return (batch, self.group * input_shape[-1])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "group": self.group}
+
+
+# --------------------------------------------------------------------------------
+# Architecture specs: lists of tuples, turned into layers by _make_layer.
+#   ("conv", filters, kernel, stride, padding, l2, activation)
+#   ("pool",)  2x2 max pool, stride 2, valid (Keras default)
+#   ("bn",) ("relu",) ("dropout", rate) ("flatten",) ("l2norm",)
+#   ("dense", units, activation, l2)
+
+
+def _conv(filters, kernel, stride=1, padding="valid", l2=None, activation="relu"):
+    return ("conv", filters, kernel, stride, padding, l2, activation)
+
+
+_POOL = ("pool",)
+
+
+def _schroff(embedding_dim: int | None = None) -> list:
+    # The course default (Schroff et al. 2015's NN1, reduced): 5,782,208 params at 105.
+    return [
+        _conv(64, 1), _conv(64, 3), ("bn",), _POOL,
+        _conv(192, 1), _conv(192, 3), _POOL,
+        _conv(384, 1), _conv(384, 3),
+        _conv(256, 1), _conv(256, 3),
+        _conv(256, 1), _conv(256, 3), _POOL,
+        ("flatten",), ("dense", embedding_dim or 128, None, None), ("l2norm",),
+    ]  # fmt: skip
+
+
+def _hoffer(embedding_dim: int | None = None) -> list:
+    return [
+        _conv(3, 5, stride=3, padding="same"), _POOL,
+        _conv(64, 3, padding="same"), _POOL,
+        _conv(128, 3), _POOL,
+        _conv(256, 2), _POOL,
+        ("flatten",), ("dense", embedding_dim or 4096, "sigmoid", None),
+    ]  # fmt: skip
+
+
+def _practical(embedding_dim: int | None = None) -> list:
+    reg = 2e-4
+    return [
+        _conv(64, 10, l2=reg), _POOL, ("bn",), ("dropout", 0.25),
+        _conv(128, 7, l2=reg), _POOL, ("bn",), ("dropout", 0.25),
+        _conv(128, 4, l2=reg), _POOL, ("bn",), ("dropout", 0.25),
+        _conv(256, 4, l2=reg),
+        ("flatten",), ("bn",), ("dropout", 0.25),
+        ("dense", embedding_dim or 4096, "sigmoid", 1e-3),
+    ]  # fmt: skip
+
+
+def _custom(embedding_dim: int | None = None) -> list:
+    return [
+        _conv(64, 10, padding="same"), _POOL,
+        _conv(128, 7, padding="same"), _POOL,
+        _conv(256, 4, padding="same"), _POOL,
+        _conv(256, 4, padding="same"), _POOL,
+        ("dropout", 0.2), ("flatten",),
+        ("dense", embedding_dim or 4098, "sigmoid", None),  # 4098 as specified
+        ("l2norm",),
+    ]  # fmt: skip
+
+
+def _convnet(
+    embedding_dim: int | None = None,
+    filters: int | Sequence[int] = 64,
+    blocks: int | None = None,
+    dropout: float = 0.0,
+) -> list:
+    """``blocks`` x (conv 3x3 same, BN, ReLU, pool); ``filters`` is one width for all
+    blocks or one per block (then ``blocks`` defaults to its length, else 4)."""
+    if isinstance(filters, int):
+        widths = [filters] * (4 if blocks is None else blocks)
+    else:
+        widths = [int(f) for f in filters]
+        if blocks is not None and blocks != len(widths):
+            raise ValueError(f"convnet: blocks={blocks} but {len(widths)} filter widths given")
+    if not widths or min(widths) < 1:
+        raise ValueError(f"convnet: need at least one block of >= 1 filters, got {widths}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"convnet: dropout must be in [0, 1), got {dropout}")
+    spec = []
+    for w in widths:
+        # No conv bias: the BatchNorm right after has its own shift.
+        spec += [_conv(w, 3, padding="same", activation=None), ("bn",), ("relu",), _POOL]
+    spec.append(("flatten",))
+    if dropout:
+        spec.append(("dropout", dropout))
+    spec += [("dense", embedding_dim or 128, None, None), ("l2norm",)]
+    return spec
+
+
+_ARCH_SPECS: dict[str, Callable[..., list]] = {
+    "schroff": _schroff,
+    "hoffer": _hoffer,
+    "practical": _practical,
+    "custom": _custom,
+    "convnet": _convnet,
+}
+ARCHITECTURES: tuple[str, ...] = tuple(_ARCH_SPECS)
+
+
+def _spec(arch: str, embedding_dim: int | None, options: dict) -> list:
+    if arch not in _ARCH_SPECS:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {list(ARCHITECTURES)}")
+    if embedding_dim is not None and int(embedding_dim) < 1:
+        raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+    fn = _ARCH_SPECS[arch]
+    allowed = set(inspect.signature(fn).parameters) - {"embedding_dim"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {sorted(unknown)} for architecture {arch!r}; "
+            f"it accepts {sorted(allowed) or 'none'}"
+        )
+    return fn(embedding_dim=embedding_dim, **options)
+
+
+# --------------------------------------------------------------------------------
+# Spatial sizes.
+
+
+def _spatial_sizes(spec: list, size: int) -> list[int]:
+    """Spatial size after each conv/pool, stopping at the first one below 1."""
+    sizes = []
+    for op in spec:
+        if op[0] == "conv":
+            _, _, k, stride, padding, _, _ = op
+            size = math.ceil(size / stride) if padding == "same" else (size - k) // stride + 1
+        elif op[0] == "pool":
+            size = (size - 2) // 2 + 1
+        else:
+            continue
+        sizes.append(size)
+        if size < 1:
+            break
+    return sizes
+
+
+def _fits(spec: list, size: int) -> bool:
+    return size >= 1 and all(s >= 1 for s in _spatial_sizes(spec, size))
+
+
+def _min_size(spec: list) -> int:
+    # Output size is monotone in input size, so the first size that fits is the
+    # minimum; every arch here fits well below the cap.
+    for size in range(1, 4097):
+        if _fits(spec, size):
+            return size
+    raise ValueError("architecture does not fit any image size up to 4096")
+
+
+def min_image_size(arch: str, **options) -> int:
+    """Smallest square image size ``arch`` (with ``options``) can embed."""
+    # Build-only options (Dense width, final normalisation) don't change spatial sizes.
+    for key in ("embedding_dim", "l2_normalize", "name"):
+        options.pop(key, None)
+    return _min_size(_spec(arch, None, options))
+
+
+# --------------------------------------------------------------------------------
+# Builders.
+
+
+def _make_layer(op: tuple, name: str) -> keras.layers.Layer:
+    kind = op[0]
+    if kind == "conv":
+        _, filters, k, stride, padding, l2, activation = op
+        return layers.Conv2D(
+            filters, k, strides=stride, padding=padding, activation=activation,
+            # A conv without activation is followed by BatchNorm, whose shift makes
+            # a bias redundant.
+            use_bias=activation is not None,
+            kernel_regularizer=keras.regularizers.L2(l2) if l2 else None, name=name,
+        )  # fmt: skip
+    if kind == "pool":
+        return layers.MaxPooling2D(name=name)
+    if kind == "bn":
+        return layers.BatchNormalization(name=name)
+    if kind == "relu":
+        return layers.ReLU(name=name)
+    if kind == "dropout":
+        return layers.Dropout(op[1], name=name)
+    if kind == "flatten":
+        return layers.Flatten(name=name)
+    if kind == "dense":
+        _, units, activation, l2 = op
+        return layers.Dense(
+            units, activation=activation,
+            kernel_regularizer=keras.regularizers.L2(l2) if l2 else None, name=name,
+        )  # fmt: skip
+    if kind == "l2norm":
+        return L2Normalize(name=name)
+    raise AssertionError(f"unknown layer spec {op!r}")
+
+
+def _check_size(image_size) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    return image_size
+
+
+def build_embedding(
+    arch: str,
+    image_size: int,
+    embedding_dim: int | None = None,
+    l2_normalize: bool | None = None,
+    name: str | None = None,
+    **options,
+) -> keras.Model:
+    """Embedding network ``arch`` for (batch, S, S, 1) float32 images -> (batch, D).
+
+    ``arch`` is one of :data:`ARCHITECTURES`. ``embedding_dim`` sets the final Dense
+    width (None: the arch's own, 128 or 4096/4098). ``l2_normalize`` forces the final
+    unit-norm layer on or off (None: the arch's default). ``options`` are
+    arch-specific (convnet: ``filters``, ``blocks``, ``dropout``).
+    """
+    image_size = _check_size(image_size)
+    spec = _spec(arch, embedding_dim, options)
+    if not _fits(spec, image_size):
+        raise ValueError(
+            f"image size {image_size} is too small for architecture {arch!r}: a "
+            f"feature map shrinks below 1x1 before Flatten; the minimum size is "
+            f"{_min_size(spec)}"
+        )
+    if l2_normalize is not None:
+        spec = [op for op in spec if op[0] != "l2norm"]
+        if l2_normalize:
+            spec.append(("l2norm",))
+
+    inputs = keras.Input((image_size, image_size, 1), dtype="float32", name="image")
+    x = inputs
+    counts: dict[str, int] = {}
+    for op in spec:
+        counts[op[0]] = counts.get(op[0], 0) + 1
+        x = _make_layer(op, f"{op[0]}{counts[op[0]]}")(x)
+    return keras.Model(inputs, x, name=name or f"{arch}_embedding")
+
+
+def build_triplet_network(embedding: keras.Model, image_size: int) -> keras.Model:
+    """Triplet network: (B, 3, S, S, 1) [anchor, positive, negative] -> (B, 3*D).
+
+    The one shared ``embedding`` runs once on the 3B stacked images (one batched
+    call, one set of BatchNorm statistics), and each output row is
+    concat(embed(a), embed(p), embed(n)), the layout :class:`TripletLoss` splits.
+    """
+    image_size = _check_size(image_size)
+    expected = (image_size, image_size, 1)
+    got = tuple(embedding.input_shape[1:])
+    if got != expected:
+        raise ValueError(f"embedding takes inputs of shape {got}, not {expected}")
+    inputs = keras.Input((3,) + expected, dtype="float32", name="triplet")
+    x = FoldTriplets(3, name="fold_triplets")(inputs)
+    x = embedding(x)
+    outputs = UnfoldTriplets(3, name="unfold_triplets")(x)
+    return keras.Model(inputs, outputs, name="triplet_network")

@@ -1,0 +1,192 @@
+"""Load and validate ``params.yaml`` before any stage does any work.
+
+The schema is a set of pydantic models with ``extra="forbid"``: pydantic gives types,
+ranges and literal choices; this module turns its errors into one line naming the
+key and the value, with the nearest valid key suggested for a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+STRATEGIES = ("random", "hard", "batch_all", "batch_hard", "semi_hard")
+TRIPLET_STRATEGIES = ("random", "hard")  # the assignment's offline selection
+ONLINE_STRATEGIES = ("batch_all", "batch_hard", "semi_hard")  # P x K batches + batch losses
+ARCHS = ("convnet", "schroff", "hoffer", "practical", "custom")
+
+
+class ParamsError(ValueError):
+    """A bad params file; the message names the file, the key and the value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataParams(_Strict):
+    image_size: int = Field(28, ge=8, le=105)
+    validation_alphabets: int | list[str] = 5
+    seed: int = 0
+    raw_dir: str = "data/raw"
+    prepared_dir: str = "data/prepared"
+
+
+class ModelParams(_Strict):
+    arch: Literal[ARCHS] = "convnet"  # type: ignore[valid-type]
+    embedding_dim: int | None = Field(128, ge=2)
+    filters: int = Field(64, ge=1)
+    blocks: int = Field(4, ge=1, le=6)
+
+
+class AugmentParams(_Strict):
+    rotations: bool = False  # 90-degree rotations as new classes (Vinyals et al. 2016)
+    affine: float = Field(0.0, ge=0.0, le=1.0)  # strength of random affine distortions (Koch et al. 2015)
+
+
+class StrategyParams(_Strict):
+    """Per-strategy settings; any ``None`` falls back to the shared ``train`` value."""
+
+    loops: int | None = Field(None, ge=1)
+    steps_per_loop: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=2)
+    learning_rate: float | None = Field(None, gt=0)
+    margin: float | None = Field(None, ge=0)
+    soft_margin: bool | None = None
+    warmup_loops: int = Field(0, ge=0)  # loops of random triplets first (reported as such)
+    refresh_every: int = Field(0, ge=0)  # hard: 0 = exact mining each step; k = table refreshed every k steps
+    classes_per_batch: int = Field(32, ge=2)  # online strategies: P
+    samples_per_class: int = Field(4, ge=2, le=20)  # online strategies: K
+    augment: AugmentParams | None = None
+
+
+class TrainParams(_Strict):
+    seed: int = 0
+    loops: int = Field(10, ge=1)
+    steps_per_loop: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=2)
+    margin: float = Field(0.2, ge=0)
+    soft_margin: bool = False
+    distance: Literal["sqeuclidean", "euclidean", "cosine"] = "sqeuclidean"
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = Field(0.001, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    augment: AugmentParams = AugmentParams()
+    val_tasks: int = Field(500, ge=1)  # 20-way tasks scored after each loop
+    n_way: int = Field(20, ge=2)
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+
+
+class EvaluateParams(_Strict):
+    tasks: int = Field(2000, ge=1)
+    assignment_tasks: int = Field(250, ge=1)
+    n_way: int = Field(20, ge=2)
+    seed: int = 1234
+
+
+class Params(_Strict):
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    strategies: dict[str, StrategyParams] = {"random": StrategyParams(), "hard": StrategyParams()}
+    extra_strategies: list[str] = []
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _known_strategies(self) -> Params:
+        for name in list(self.strategies) + list(self.extra_strategies):
+            if name not in STRATEGIES:
+                raise ValueError(f"unknown strategy {name!r}{_suggest(name, STRATEGIES)}; valid: {', '.join(STRATEGIES)}")
+        return self
+
+    def strategy(self, name: str) -> dict[str, Any]:
+        """The effective training settings of one strategy: ``train`` with its overrides."""
+        merged = self.train.model_dump()
+        own = self.strategies.get(name, StrategyParams()).model_dump()
+        for key, value in own.items():
+            if value is not None:
+                merged[key] = value
+        merged["strategy"] = name
+        return merged
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside an annotation (``X | None``, ``dict[str, X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Valid keys of the mapping at ``loc``, for suggestions."""
+    model: Any = Params
+    for part in loc:
+        fields = getattr(model, "model_fields", {})
+        if part in fields:
+            model = _model_in(fields[part].annotation)
+        # otherwise ``part`` is a dict key (a strategy name): stay on the value model
+    return list(getattr(model, "model_fields", {}))
+
+
+def _format_error(err: dict, source: str) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "<top>"
+    if err["type"] == "extra_forbidden":
+        parent_fields = _fields_at(loc[:-1])
+        return f"{source}: unknown key {key!r}{_suggest(str(loc[-1]), parent_fields)}"
+    value = err.get("input")
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{source}: {key} = {value!r}: {msg}"
+
+
+def validate_params(raw: dict, source: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping; raise :class:`ParamsError` on the first problem."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping at the top level")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_format_error(exc.errors()[0], source)) from None
+    _cross_checks(params, source)
+    return params
+
+
+def _cross_checks(p: Params, source: str) -> None:
+    """Checks that span several keys, made before any work starts."""
+    from tripletml.models import min_image_size  # local: keeps params import light
+
+    need = min_image_size(p.model.arch, filters=p.model.filters, blocks=p.model.blocks)
+    if p.data.image_size < need:
+        raise ParamsError(
+            f"{source}: data.image_size = {p.data.image_size}: too small for model.arch {p.model.arch!r} (needs >= {need})"
+        )
+    for name in list(p.strategies) + p.extra_strategies:
+        s = p.strategy(name)
+        if name in TRIPLET_STRATEGIES and s["warmup_loops"] >= s["loops"]:
+            raise ParamsError(f"{source}: strategies.{name}.warmup_loops = {s['warmup_loops']}: must be below loops ({s['loops']})")
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    return validate_params(raw or {}, str(path))
