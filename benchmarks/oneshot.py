@@ -93,7 +93,10 @@ def load_model(path: Path, size: int):
 
 def predictor(model, batch_size: int):
     """embed(images (n, S, S)) -> (n, D) via model.predict, adding a channel axis if needed."""
-    wants_channel = len(model.inputs[0].shape) == 4
+    try:
+        wants_channel = len(model.inputs[0].shape) == 4
+    except (AttributeError, IndexError, TypeError):  # e.g. a reloaded, unbuilt Sequential
+        wants_channel = True  # Keras convolutions need the channel axis
 
     def embed(images: np.ndarray) -> np.ndarray:
         x = images[..., None] if wants_channel and images.ndim == 3 else images

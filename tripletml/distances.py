@@ -34,10 +34,12 @@ def _pairwise_sqeuclidean(a: tf.Tensor, b: tf.Tensor, same: bool) -> tf.Tensor:
     d = a2 - 2.0 * tf.matmul(a, b, transpose_b=True) + tf.transpose(b2)
     # Cancellation can leave small negatives; distances are non-negative.
     d = tf.maximum(d, 0.0)
-    if same:
-        # d(x, x) is exactly 0, not rounding noise.
-        d = tf.linalg.set_diag(d, tf.zeros(tf.shape(d)[:1], dtype=d.dtype))
-    return d
+    return _zero_diagonal(d) if same else d
+
+
+def _zero_diagonal(d: tf.Tensor) -> tf.Tensor:
+    # d(x, x) is exactly 0, not rounding noise.
+    return tf.linalg.set_diag(d, tf.zeros(tf.shape(d)[:1], dtype=d.dtype))
 
 
 def _safe_sqrt(d: tf.Tensor) -> tf.Tensor:
@@ -57,7 +59,8 @@ def _pairwise_cosine(a: tf.Tensor, b: tf.Tensor, same: bool) -> tf.Tensor:
     bn = an if same else tf.math.l2_normalize(b, axis=1)
     d = 1.0 - tf.matmul(an, bn, transpose_b=True)
     # Rounding can take 1 - cos slightly outside [0, 2].
-    return tf.clip_by_value(d, 0.0, 2.0)
+    d = tf.clip_by_value(d, 0.0, 2.0)
+    return _zero_diagonal(d) if same else d
 
 
 DISTANCES: dict[str, Callable[[tf.Tensor, tf.Tensor, bool], tf.Tensor]] = {

@@ -296,9 +296,10 @@ def collapse_reason(
     embeddings,
     loss: float | None = None,
     margin: float | None = None,
-    tol: float = 1e-3,
-    stuck_tol: float = 2e-2,
+    tol: float = 1e-4,
+    stuck_tol: float = 1e-2,
     loss_tol: float = 1e-3,
+    soft: bool = False,
 ) -> str | None:
     """Why the embeddings look collapsed, or None if they don't.
 
@@ -310,6 +311,11 @@ def collapse_reason(
     * the spread is below ``tol``; or
     * the loss is stuck at the margin (``|loss - margin| < loss_tol``), which is
       what d_ap = d_an gives, and the spread is below the looser ``stuck_tol``.
+      With ``soft=True`` the stuck value is softplus(0) = ln 2 (margin unused).
+
+    Random unit vectors (and random-init convnet/schroff embeddings) have spreads
+    of 0.3-1. The sigmoid-headed archs (hoffer, custom) *start* in the stuck regime
+    (spread ~1e-3, loss = margin), so check them after some training, not at init.
     """
     x = np.asarray(embeddings, dtype=np.float64)
     x = x.reshape(len(x), -1)
@@ -323,14 +329,16 @@ def collapse_reason(
     spread = np.sqrt(np.mean(np.sum((x - x.mean(axis=0)) ** 2, axis=1))) / scale
     if spread < tol:
         return f"all embeddings within {spread:.2e} (relative) of one point"
+    stuck_at = math.log(2.0) if soft else margin
     if (
         loss is not None
-        and margin is not None
-        and abs(float(loss) - float(margin)) < loss_tol
+        and stuck_at is not None
+        and abs(float(loss) - float(stuck_at)) < loss_tol
         and spread < stuck_tol
     ):
+        what = "softplus(0) = ln 2" if soft else "the margin"
         return (
-            f"loss {float(loss):.4g} stuck at the margin {float(margin):.4g} "
+            f"loss {float(loss):.4g} stuck at {what} {float(stuck_at):.4g} "
             f"with relative spread {spread:.2e}"
         )
     return None
@@ -340,9 +348,11 @@ def is_collapsed(
     embeddings,
     loss: float | None = None,
     margin: float | None = None,
-    tol: float = 1e-3,
-    stuck_tol: float = 2e-2,
+    tol: float = 1e-4,
+    stuck_tol: float = 1e-2,
     loss_tol: float = 1e-3,
+    soft: bool = False,
 ) -> bool:
     """True when the embeddings have collapsed; see :func:`collapse_reason`."""
-    return collapse_reason(embeddings, loss, margin, tol, stuck_tol, loss_tol) is not None
+    reason = collapse_reason(embeddings, loss, margin, tol, stuck_tol, loss_tol, soft)
+    return reason is not None

@@ -186,13 +186,18 @@ _ARCH_SPECS: dict[str, Callable[..., list]] = {
 ARCHITECTURES: tuple[str, ...] = tuple(_ARCH_SPECS)
 
 
-def _spec(arch: str, embedding_dim: int | None, options: dict) -> list:
+def _arch_options(arch: str) -> set[str]:
     if arch not in _ARCH_SPECS:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {list(ARCHITECTURES)}")
+    return set(inspect.signature(_ARCH_SPECS[arch]).parameters) - {"embedding_dim"}
+
+
+def _spec(arch: str, embedding_dim: int | None, options: dict) -> list:
+    allowed = _arch_options(arch)
     if embedding_dim is not None and int(embedding_dim) < 1:
         raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
     fn = _ARCH_SPECS[arch]
-    allowed = set(inspect.signature(fn).parameters) - {"embedding_dim"}
+    options = {k: v for k, v in options.items() if v is not None}  # None: arch default
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(
@@ -237,11 +242,13 @@ def _min_size(spec: list) -> int:
 
 
 def min_image_size(arch: str, **options) -> int:
-    """Smallest square image size ``arch`` (with ``options``) can embed."""
-    # Build-only options (Dense width, final normalisation) don't change spatial sizes.
-    for key in ("embedding_dim", "l2_normalize", "name"):
-        options.pop(key, None)
-    return _min_size(_spec(arch, None, options))
+    """Smallest square image size ``arch`` (with ``options``) can embed.
+
+    Options ``arch`` does not take (another arch's, the Dense width, ...) are
+    ignored, so one shared model config can be passed for any arch.
+    """
+    allowed = _arch_options(arch)
+    return _min_size(_spec(arch, None, {k: v for k, v in options.items() if k in allowed}))
 
 
 # --------------------------------------------------------------------------------
@@ -299,7 +306,8 @@ def build_embedding(
     ``arch`` is one of :data:`ARCHITECTURES`. ``embedding_dim`` sets the final Dense
     width (None: the arch's own, 128 or 4096/4098). ``l2_normalize`` forces the final
     unit-norm layer on or off (None: the arch's default). ``options`` are
-    arch-specific (convnet: ``filters``, ``blocks``, ``dropout``).
+    arch-specific (convnet: ``filters``, ``blocks``, ``dropout``); a None option
+    means the default, an option the arch doesn't take is a ValueError.
     """
     image_size = _check_size(image_size)
     spec = _spec(arch, embedding_dim, options)

@@ -80,6 +80,7 @@ class TrainParams(_Strict):
     val_tasks: int = Field(500, ge=1)  # 20-way tasks scored after each loop
     n_way: int = Field(20, ge=2)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    precision: Literal["float32", "mixed_bfloat16"] = "float32"
 
 
 class EvaluateParams(_Strict):

@@ -1,0 +1,75 @@
+"""Stage `evaluate`: score every strategy's chosen model on the same 20-way test tasks.
+
+Writes metrics/evaluate.json (accuracy with 95% Wilson intervals, across alphabets,
+within alphabets, and the assignment's 250-task figure) and
+data/evaluate/predictions.npz (every task and each model's pick, for the paired tests).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import common
+import numpy as np
+
+from tripletml import oneshot, tracking
+from tripletml.atomic import atomic_path, write_json
+from tripletml.data import DataError, load_prepared
+
+PREDICTIONS = Path("data/evaluate/predictions.npz")
+
+
+def main() -> None:
+    p = common.params()
+    e = p.evaluate
+    names = common.strategies(p)
+    test = load_prepared(Path(p.data.prepared_dir) / "test.npz")
+    model_dirs = {s: Path("models") / s for s in names}
+    for s, d in model_dirs.items():
+        if not (d / "embedding.keras").is_file():
+            raise DataError(f"{d}/embedding.keras: missing (run `dvc repro train_{s}`)")
+    uri = tracking.default_tracking_uri()
+    tracking.check_reachable(uri)
+
+    from tripletml.embedder import load_embedder
+
+    n = test.n_characters
+    task_sets = {
+        "test_acc20": oneshot.sample_tasks(test.c, n, e.n_way, e.tasks, np.random.default_rng([e.seed, 0])),
+        "within_acc20": oneshot.sample_tasks(
+            test.c, n, e.n_way, e.tasks, np.random.default_rng([e.seed, 1]), within_alphabet=True
+        ),
+        "test_acc20_250": oneshot.sample_tasks(test.c, n, e.n_way, e.assignment_tasks, np.random.default_rng([e.seed, 2])),
+    }
+    arrays = {f"{prefix}{k}": getattr(task_sets[key], k) for key, prefix in (("test_acc20", ""), ("within_acc20", "within_")) for k in ("query_char", "query_drawing", "support_chars", "support_drawings", "target")}
+    metrics = {}
+    for s in names:
+        embedder = load_embedder(model_dirs[s])
+        table = oneshot.embed_set(embedder.embed_prepared, test.X)  # every test image once
+        row = {}
+        for key, tasks in task_sets.items():
+            pred = oneshot.predict_tasks(table, tasks)
+            correct = pred == tasks.target
+            row[key] = round(100.0 * correct.mean(), 3)
+            if key != "test_acc20_250":
+                low, high = oneshot.wilson_interval(int(correct.sum()), len(correct))
+                row[f"{key}_ci95_low"], row[f"{key}_ci95_high"] = round(100 * low, 3), round(100 * high, 3)
+                arrays[("pred_" if key == "test_acc20" else "within_pred_") + s] = pred
+        row["tasks"] = e.tasks
+        metrics[s] = row
+        print(f"{s}: test_acc20 {row['test_acc20']:.1f} within_acc20 {row['within_acc20']:.1f} test_acc20_250 {row['test_acc20_250']:.1f}")
+    with atomic_path(PREDICTIONS) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    write_json("metrics/evaluate.json", metrics)
+    tracking.log_evaluation(
+        uri,
+        run_name="evaluate",
+        tags={"dvc_stage": "evaluate", "pipeline": common.pipeline_tag(), "git_commit": tracking.git_commit(".") or "unknown"},
+        metrics={f"{s}_{k}": v for s, row in metrics.items() for k, v in row.items()},
+        artifacts=["metrics/evaluate.json"],
+    )
+
+
+if __name__ == "__main__":
+    common.run(main)

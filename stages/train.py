@@ -1,0 +1,104 @@
+"""Stage `train_<strategy>`: train a fresh model with one selection strategy.
+
+Writes models/<strategy>/{embedding.keras, meta.json, mined.json},
+metrics/train/<strategy>.json and metrics/history/<strategy>.csv, and logs the run
+(params, per-loop loss / val_acc20 / test_acc20 / loop_seconds, the model) to MLflow.
+A checkpoint after every loop (checkpoints/<strategy>/) lets a killed stage resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import common
+import pandas as pd
+
+from tripletml import tracking
+from tripletml.atomic import atomic_path, write_json
+from tripletml.data import load_prepared
+from tripletml.embedder import save_embedder
+from tripletml.params import STRATEGIES
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--strategy", required=True, choices=STRATEGIES)
+    name = ap.parse_args().strategy
+    params = common.params()
+    settings = params.strategy(name)
+    prepared = Path(params.data.prepared_dir)
+    train_set, val_set, test_set = (load_prepared(prepared / f"{s}.npz") for s in ("train", "val", "test"))
+    uri = tracking.default_tracking_uri()
+    tracking.check_reachable(uri)  # fail fast, before any training
+
+    from tripletml.training import Trainer  # TensorFlow loads only once the inputs are known good
+
+    checkpoints = Path("checkpoints") / name
+    trainer = Trainer(settings, params.model.model_dump(), train_set, val_set, test_set)
+    resumed = trainer.load_checkpoint(checkpoints)
+    if resumed:
+        print(f"resuming {name} after loop {trainer.start_loop}")
+    logger = tracking.RunLogger.start(
+        uri,
+        run_name=f"train_{name}",
+        tags={
+            "strategy": name,
+            "dvc_stage": f"train_{name}",
+            "git_commit": tracking.git_commit(".") or "unknown",
+            "pipeline": common.pipeline_tag(),
+        },
+        params={"train": settings, "model": params.model.model_dump(), "data": params.data.model_dump()},
+        run_id=trainer.extra.get("mlflow_run_id") if resumed else None,
+        replay_file=common.pending_file(f"train_{name}"),
+    )
+    trainer.extra["mlflow_run_id"] = logger.run_id
+
+    def on_loop(record) -> None:
+        metrics = {"loss": record.loss, "val_acc20": record.val_acc20, "loop_seconds": record.loop_seconds}
+        if record.test_acc20 is not None:
+            metrics["test_acc20"] = record.test_acc20
+        logger.log_metrics(metrics, step=record.loop)
+        print(
+            f"{name} loop {record.loop}/{settings['loops']} ({record.phase}): loss {record.loss:.4f} "
+            f"val_acc20 {record.val_acc20:.1f} test_acc20 {record.test_acc20:.1f} ({record.loop_seconds:.0f} s)",
+            flush=True,
+        )
+
+    result = trainer.run(on_loop, checkpoints, progress=True)
+
+    model_dir = Path("models") / name
+    meta = {
+        "strategy": name,
+        "architecture": params.model.arch,
+        "image_size": params.data.image_size,
+        "embedding_dim": int(result.embedding.output_shape[-1]),
+        "chosen_loop": result.best_loop,
+        "best_val_acc20": result.best_val_acc20,
+        "params": {"train": settings, "model": params.model.model_dump(), "data": params.data.model_dump()},
+    }
+    save_embedder(model_dir, result.embedding, meta)
+    write_json(model_dir / "mined.json", result.extra.get("mined", {}))
+    summary = {
+        "strategy": name,
+        "best_loop": result.best_loop,
+        "best_val_acc20": result.best_val_acc20,
+        "train_seconds": round(result.train_seconds, 2),
+        "seconds_per_step": round(result.seconds_per_step, 5),
+        "steps": result.steps,
+        "loops": settings["loops"],
+        "warmup_loops": settings["warmup_loops"],
+    }
+    write_json(Path("metrics/train") / f"{name}.json", summary)
+    with atomic_path(Path("metrics/history") / f"{name}.csv") as tmp:
+        pd.DataFrame([r.as_dict() for r in result.history]).to_csv(tmp, index=False)
+    logger.log_metrics({"best_val_acc20": result.best_val_acc20, "best_loop": result.best_loop}, step=settings["loops"])
+    logger.log_artifacts(model_dir, "embedder")
+    logger.close()
+    shutil.rmtree(checkpoints, ignore_errors=True)  # a finished stage leaves no checkpoint litter
+    print(f"{name}: best loop {result.best_loop}, val_acc20 {result.best_val_acc20:.1f}, {result.train_seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    common.run(main)

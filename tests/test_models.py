@@ -1,0 +1,154 @@
+import keras
+import numpy as np
+import pytest
+
+from tripletml.losses import TripletLoss
+from tripletml.models import (
+    ARCHITECTURES,
+    FoldTriplets,
+    L2Normalize,
+    UnfoldTriplets,
+    build_embedding,
+    build_triplet_network,
+    min_image_size,
+)
+
+# Arch -> (default embedding width, ends in L2 normalisation, minimum image size).
+EXPECTED = {
+    "schroff": (128, True, 38),
+    "hoffer": (4096, False, 94),
+    "practical": (4096, False, 65),
+    "custom": (4098, True, 16),
+    "convnet": (128, True, 16),
+}
+
+
+def _images(n, size, seed=0):
+    return np.random.default_rng(seed).random((n, size, size, 1)).astype(np.float32)
+
+
+def test_architecture_names():
+    assert set(ARCHITECTURES) == set(EXPECTED)
+    with pytest.raises(ValueError, match="resnet") as err:
+        build_embedding("resnet", 105)
+    assert "schroff" in str(err.value) and "convnet" in str(err.value)
+    with pytest.raises(ValueError, match="blocks"):
+        build_embedding("schroff", 105, blocks=3)  # option of another arch
+
+
+def test_schroff_parameter_count():
+    model = build_embedding("schroff", 105)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert model.count_params() == 5_782_208
+    assert trainable == 5_782_080
+
+
+@pytest.mark.parametrize("arch", sorted(EXPECTED))
+@pytest.mark.parametrize("size", [105, 28])
+def test_builds_and_runs_or_size_error(arch, size):
+    dim, normalised, minimum = EXPECTED[arch]
+    assert min_image_size(arch) == minimum
+    if size < minimum:
+        with pytest.raises(ValueError) as err:
+            build_embedding(arch, size)
+        message = str(err.value)
+        assert arch in message and str(size) in message and str(minimum) in message
+        return
+    model = build_embedding(arch, size)
+    assert model.input_shape == (None, size, size, 1)
+    out = np.asarray(model(_images(2, size), training=False))
+    assert out.shape == (2, dim) and np.all(np.isfinite(out))
+    norms = np.linalg.norm(out, axis=1)
+    if normalised:
+        np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+    else:
+        assert np.all((out > 0) & (out < 1))  # sigmoid head
+    # The two images get different embeddings.
+    assert np.abs(out[0] - out[1]).max() > 0
+
+
+@pytest.mark.parametrize("arch", sorted(EXPECTED))
+def test_minimum_size_is_tight(arch):
+    minimum = EXPECTED[arch][2]
+    model = build_embedding(arch, minimum, embedding_dim=8)
+    assert model.output_shape == (None, 8)
+    with pytest.raises(ValueError, match=f"{minimum - 1}"):
+        build_embedding(arch, minimum - 1, embedding_dim=8)
+
+
+def test_embedding_dim_and_options():
+    model = build_embedding("schroff", 64, embedding_dim=32)
+    assert model.output_shape == (None, 32)
+    model = build_embedding("convnet", 28, embedding_dim=24, filters=[8, 16], dropout=0.1)
+    assert model.output_shape == (None, 24)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [8, 16]
+    assert any(isinstance(layer, keras.layers.Dropout) for layer in model.layers)
+    assert min_image_size("convnet", blocks=2) == 4
+    assert min_image_size("convnet", filters=[8, 8, 8], embedding_dim=3) == 8
+    # A shared config: options another arch takes are ignored here, None is default.
+    assert min_image_size("schroff", filters=64, blocks=4) == 38
+    assert min_image_size("convnet", filters=64, blocks=None) == 16
+    assert build_embedding("convnet", 28, blocks=None, dropout=None).output_shape == (None, 128)
+    # Five pools need at least 32 pixels.
+    with pytest.raises(ValueError, match="32"):
+        build_embedding("convnet", 28, blocks=5)
+    # Normalisation can be forced on or off.
+    out = build_embedding("hoffer", 105, l2_normalize=True)(_images(2, 105))
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    model = build_embedding("convnet", 28, l2_normalize=False)
+    assert not any(isinstance(layer, L2Normalize) for layer in model.layers)
+    for bad in (0, 28.0, "28"):
+        with pytest.raises(ValueError, match="image_size"):
+            build_embedding("convnet", bad)
+
+
+def test_l2_normalize_layer_handles_zero_rows():
+    out = np.asarray(L2Normalize()(np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)))
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)
+
+
+def test_triplet_network_shares_one_embedding():
+    embed = build_embedding("convnet", 28, embedding_dim=16, filters=8)
+    net = build_triplet_network(embed, 28)
+    assert net.input_shape == (None, 3, 28, 28, 1)
+    assert net.output_shape == (None, 48)
+    # The shared embedding's weights are the only weights.
+    assert net.count_params() == embed.count_params()
+    triplets = _images(12, 28).reshape(4, 3, 28, 28, 1)
+    out = np.asarray(net(triplets, training=False))
+    separately = [np.asarray(embed(triplets[:, k], training=False)) for k in range(3)]
+    np.testing.assert_allclose(out, np.concatenate(separately, axis=1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        build_triplet_network(embed, 32)
+
+
+def test_fold_layers_roundtrip():
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    folded = np.asarray(FoldTriplets()(x))
+    np.testing.assert_array_equal(folded, x.reshape(6, 4))
+    np.testing.assert_array_equal(np.asarray(UnfoldTriplets()(folded)), x.reshape(2, 12))
+
+
+def test_save_and_load_embedding(tmp_path):
+    embed = build_embedding("convnet", 28, embedding_dim=16, filters=[8, 8], dropout=0.2)
+    x = _images(5, 28, seed=3)
+    want = np.asarray(embed(x, training=False))
+    path = str(tmp_path / "embed.keras")
+    embed.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), want, rtol=1e-6, atol=1e-6)
+
+
+def test_save_and_load_triplet_network(tmp_path):
+    embed = build_embedding("convnet", 28, embedding_dim=16, filters=8, blocks=2)
+    net = build_triplet_network(embed, 28)
+    net.compile(optimizer="adam", loss=TripletLoss(margin=0.3))
+    triplets = _images(9, 28, seed=4).reshape(3, 3, 28, 28, 1)
+    net.fit(triplets, np.zeros(3), epochs=1, verbose=0)  # non-trivial BN statistics
+    want = np.asarray(net(triplets, training=False))
+    path = str(tmp_path / "triplet.keras")
+    net.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(np.asarray(loaded(triplets, training=False)), want, rtol=1e-6, atol=1e-6)
+    assert isinstance(loaded.loss, TripletLoss) and loaded.loss.margin == 0.3

@@ -1,0 +1,612 @@
+"""The comparison report: tables, paired tests, Markdown and figures from the pipeline's outputs.
+
+Everything here reads files other stages wrote (metrics JSON/CSV, the evaluation's
+predictions, the hard strategy's mined triplets) and writes plain files atomically, so
+the report can be rebuilt on its own without a model, a GPU or TensorFlow.
+
+Accuracies are percents throughout (as in ``metrics/evaluate.json``); the statistics
+come from :mod:`tripletml.oneshot` so the report and the evaluation agree exactly.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects directly rather than
+through ``pyplot``: no global backend is switched and no figure is left registered, so
+importing this module is harmless in a notebook or a long-running process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
+
+from tripletml.atomic import atomic_path, write_text
+from tripletml.data import DataError
+from tripletml.oneshot import mcnemar_exact
+
+__all__ = [
+    "TABLE_COLUMNS",
+    "TEST_COLUMNS",
+    "load_evaluate",
+    "load_train_metrics",
+    "load_histories",
+    "load_predictions",
+    "load_mined",
+    "comparison_table",
+    "paired_tests",
+    "verdict",
+    "comparison_markdown",
+    "class_image",
+    "plot_accuracy",
+    "plot_tasks",
+    "plot_hard_triplets",
+    "write_report",
+]
+
+PathLike = str | os.PathLike
+
+EVALUATE_COLUMNS = (
+    "test_acc20",
+    "test_acc20_ci95_low",
+    "test_acc20_ci95_high",
+    "test_acc20_250",
+    "within_acc20",
+    "within_acc20_ci95_low",
+    "within_acc20_ci95_high",
+)
+TRAIN_COLUMNS = ("best_loop", "best_val_acc20", "train_seconds", "seconds_per_step")
+TABLE_COLUMNS = ("strategy", *EVALUATE_COLUMNS, *TRAIN_COLUMNS)
+TEST_COLUMNS = (
+    "strategy",
+    "baseline",
+    "task_set",
+    "tasks",
+    "acc",
+    "baseline_acc",
+    "b",
+    "c",
+    "p_value",
+    "verdict",
+)
+HISTORY_COLUMNS = ("loop", "val_acc20")
+
+# (predictions key of the targets, prefix of each strategy's predictions) per task set.
+TASK_SETS = {"across": ("target", "pred_"), "within": ("within_target", "within_pred_")}
+
+ALPHA = 0.05
+DPI = 110
+TRUE_COLOUR = "#1a9641"  # green: the true match / a correct pick
+WRONG_COLOUR = "#d7191c"  # red: a wrong pick
+CELL_IN = 0.55  # inches per image cell in the image grids: small but legible
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _missing(path: Path, stage: str) -> DataError:
+    return DataError(f"{path}: file not found (run `dvc repro {stage}` first)")
+
+
+def _read_json(path: PathLike, stage: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path, stage)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def load_evaluate(path: PathLike) -> dict[str, dict]:
+    """``metrics/evaluate.json`` as {strategy: metrics}, in the file's (pipeline) order."""
+    data = _read_json(path, "evaluate")
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise DataError(f"{path}: expected an object of {{strategy: {{metric: value}}}}")
+    return data
+
+
+def load_train_metrics(folder: PathLike, strategies: Sequence[str]) -> dict[str, dict]:
+    """``<folder>/<strategy>.json`` for each strategy (``metrics/train``)."""
+    out = {}
+    for s in strategies:
+        data = _read_json(Path(folder) / f"{s}.json", f"train@{s}")
+        if not isinstance(data, dict):
+            raise DataError(f"{Path(folder) / f'{s}.json'}: expected a JSON object")
+        out[s] = data
+    return out
+
+
+def load_histories(folder: PathLike, strategies: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """``<folder>/<strategy>.csv`` per-loop histories (``metrics/history``)."""
+    out = {}
+    for s in strategies:
+        path = Path(folder) / f"{s}.csv"
+        if not path.is_file():
+            raise _missing(path, f"train@{s}")
+        try:
+            df = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not a readable CSV ({exc})") from exc
+        absent = [c for c in HISTORY_COLUMNS if c not in df.columns]
+        if absent:
+            raise DataError(f"{path}: missing column(s) {', '.join(absent)}")
+        out[s] = df
+    return out
+
+
+def load_predictions(path: PathLike) -> dict[str, np.ndarray]:
+    """``data/evaluate/predictions.npz`` read fully into a dict (so the file is closed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path, "evaluate")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npz ({exc})") from exc
+
+
+def load_mined(path: PathLike) -> dict:
+    """``models/hard/mined.json``: {"first"/"last": {"loop", "classes", "drawings"}}."""
+    data = _read_json(path, "train@hard")
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return data
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _num(value: Any) -> float:
+    """A metric as float; absent or null -> NaN so one missing number doesn't sink the table."""
+    return float("nan") if value is None else float(value)
+
+
+def comparison_table(evaluate: Mapping[str, Mapping], train: Mapping[str, Mapping]) -> pd.DataFrame:
+    """One row per strategy (in ``evaluate``'s order), columns :data:`TABLE_COLUMNS`.
+
+    Accuracies are percents as the metrics files hold them; a strategy without training
+    metrics gets NaN there rather than being dropped, so the table still shows its scores.
+    """
+    rows = []
+    for strategy, ev in evaluate.items():
+        tr = train.get(strategy, {})
+        row: dict[str, Any] = {"strategy": strategy}
+        row.update({k: _num(ev.get(k)) for k in EVALUATE_COLUMNS})
+        row.update({k: _num(tr.get(k)) for k in TRAIN_COLUMNS})
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    # A loop number is an integer; nullable Int64 keeps it one even with a gap.
+    table["best_loop"] = table["best_loop"].astype("Int64")
+    table["strategy"] = table["strategy"].astype(object)
+    return table
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.2g}"
+
+
+def verdict(strategy: str, baseline: str, b: int, c: int, p_value: float, alpha: float = ALPHA) -> str:
+    """Plain-words outcome of a paired test, e.g. ``"hard beats random (p = 0.0012)"``."""
+    if p_value < alpha and b != c:
+        winner, loser = (strategy, baseline) if b > c else (baseline, strategy)
+        return f"{winner} beats {loser} (p = {_fmt_p(p_value)})"
+    return f"no significant difference at the {alpha:.0%} level (p = {_fmt_p(p_value)})"
+
+
+def paired_tests(
+    predictions: Mapping[str, np.ndarray],
+    strategies: Sequence[str],
+    baseline: str = "random",
+    alpha: float = ALPHA,
+) -> pd.DataFrame:
+    """Exact McNemar test of each strategy against ``baseline`` on the same tasks.
+
+    One row per (strategy, task set) with columns :data:`TEST_COLUMNS`; ``acc`` and
+    ``baseline_acc`` are percents, ``b`` counts tasks only the strategy got right and
+    ``c`` tasks only the baseline got right. A task set whose arrays are absent from
+    ``predictions`` (e.g. no within-alphabet tasks) is skipped.
+    """
+    rows = []
+    for strategy in strategies:
+        if strategy == baseline:
+            continue
+        for task_set, (target_key, prefix) in TASK_SETS.items():
+            if target_key not in predictions:
+                continue
+            target = np.asarray(predictions[target_key])
+            keys = (f"{prefix}{strategy}", f"{prefix}{baseline}")
+            for key in keys:
+                if key not in predictions:
+                    raise KeyError(f"predictions have no {key!r} (have: {', '.join(sorted(predictions))})")
+            ours = np.asarray(predictions[keys[0]]) == target
+            base = np.asarray(predictions[keys[1]]) == target
+            test = mcnemar_exact(ours, base)
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "baseline": baseline,
+                    "task_set": task_set,
+                    "tasks": int(target.size),
+                    "acc": 100.0 * float(ours.mean()) if target.size else float("nan"),
+                    "baseline_acc": 100.0 * float(base.mean()) if target.size else float("nan"),
+                    "b": test["b"],
+                    "c": test["c"],
+                    "p_value": test["p_value"],
+                    "verdict": verdict(strategy, baseline, test["b"], test["c"], test["p_value"], alpha),
+                }
+            )
+    return pd.DataFrame(rows, columns=list(TEST_COLUMNS))
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+
+def _pct(x: Any) -> str:
+    return "–" if x is None or pd.isna(x) else f"{float(x):.1f}"
+
+
+def _pct_ci(x: Any, low: Any, high: Any) -> str:
+    if pd.isna(low) or pd.isna(high):
+        return _pct(x)
+    return f"{_pct(x)} [{_pct(low)}, {_pct(high)}]"
+
+
+def _duration(seconds: Any) -> str:
+    if seconds is None or pd.isna(seconds):
+        return "–"
+    s = float(seconds)
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+def _sig(x: Any, digits: int = 3) -> str:
+    return "–" if x is None or pd.isna(x) else f"{float(x):.{digits}g}"
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    """A pipe table of already-formatted strings; tabulate's when it is importable."""
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        head = "| " + " | ".join(df.columns) + " |"
+        rule = "|" + "|".join("---" for _ in df.columns) + "|"
+        body = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+        return "\n".join([head, rule, *body])
+    # disable_numparse: the cells are formatted already and must stay as written.
+    return df.to_markdown(index=False, disable_numparse=True)
+
+
+def _context_line(context: Mapping[str, Any]) -> str:
+    return " · ".join(f"**{str(k).replace('_', ' ')}**: {v}" for k, v in context.items())
+
+
+def comparison_markdown(
+    table: pd.DataFrame,
+    tests: pd.DataFrame,
+    context: Mapping[str, Any] | None = None,
+    figures: Mapping[str, str] | None = None,
+    title: str = "Triplet selection strategies: 20-way one-shot comparison",
+) -> str:
+    """The report as Markdown: title, context line, comparison table, paired tests, figures.
+
+    ``figures`` maps a caption to an image path (relative to where the Markdown goes).
+    """
+    shown = pd.DataFrame(
+        {
+            "strategy": table["strategy"].astype(str),
+            "test acc % [95% CI]": [
+                _pct_ci(r.test_acc20, r.test_acc20_ci95_low, r.test_acc20_ci95_high) for r in table.itertuples()
+            ],
+            "test acc %, 250 tasks": table["test_acc20_250"].map(_pct),
+            "within-alphabet acc % [95% CI]": [
+                _pct_ci(r.within_acc20, r.within_acc20_ci95_low, r.within_acc20_ci95_high) for r in table.itertuples()
+            ],
+            "best loop": table["best_loop"].map(lambda v: "–" if pd.isna(v) else str(int(v))),
+            "best val acc %": table["best_val_acc20"].map(_pct),
+            "train time": table["train_seconds"].map(_duration),
+            "s / step": table["seconds_per_step"].map(_sig),
+        }
+    )
+    parts = [f"# {title}", ""]
+    if context:
+        parts += [_context_line(context), ""]
+    parts += [
+        "## Accuracy",
+        "",
+        "20-way one-shot accuracy on the held-out alphabets; intervals are 95% Wilson "
+        "intervals; *best loop* and *best val acc* are the checkpoint chosen on validation.",
+        "",
+        _markdown_table(shown),
+        "",
+        "## Paired tests",
+        "",
+    ]
+    if len(tests):
+        baselines = ", ".join(dict.fromkeys(tests["baseline"].astype(str)))
+        parts += [
+            f"Each strategy against {baselines} on the very same tasks: exact McNemar test; "
+            "*b* = tasks only the strategy got right, *c* = tasks only the baseline got right.",
+            "",
+            _markdown_table(
+                pd.DataFrame(
+                    {
+                        "strategy": tests["strategy"].astype(str),
+                        "vs": tests["baseline"].astype(str),
+                        "tasks": [f"{n} ({s})" for n, s in zip(tests["tasks"], tests["task_set"])],
+                        "acc %": tests["acc"].map(_pct),
+                        "baseline acc %": tests["baseline_acc"].map(_pct),
+                        "b": tests["b"].astype(str),
+                        "c": tests["c"].astype(str),
+                        "p": tests["p_value"].map(lambda p: _sig(p, 2)),
+                        "verdict": tests["verdict"].astype(str),
+                    }
+                )
+            ),
+            "",
+        ]
+        parts += [f"- **{r.strategy} vs {r.baseline}, {r.task_set}**: {r.verdict}" for r in tests.itertuples()]
+        parts.append("")
+    else:
+        parts += ["No strategy besides the baseline to test.", ""]
+    if figures:
+        parts += ["## Figures", ""]
+        for caption, rel in figures.items():
+            parts += [f"![{caption}]({Path(rel).as_posix()})", "", f"*{caption}*", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _save(fig: Figure, path: PathLike) -> Path:
+    # The temp name ends in .tmp, so the format must be given explicitly.
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return Path(path)
+
+
+def _image(X: np.ndarray, char: int, drawing: int) -> np.ndarray:
+    img = np.asarray(X[char, drawing])
+    return img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
+
+
+def class_image(X: np.ndarray, c: int, d: int) -> np.ndarray:
+    """Drawing ``d`` of class ``c`` of ``X`` (n_chars, 20, S, S[, 1]), rotation-augmented classes included.
+
+    Class ``c >= n_chars`` is character ``c % n_chars`` turned by ``c // n_chars`` quarter
+    turns (``np.rot90``), the training set's augmentation.
+    """
+    n = int(X.shape[0])
+    c, d = int(c), int(d)
+    if c < 0 or not 0 <= d < X.shape[1]:
+        raise IndexError(f"class {c}, drawing {d} outside a set of {n} characters x {X.shape[1]} drawings")
+    return np.rot90(_image(X, c % n, d), c // n)
+
+
+def _show(ax, img: np.ndarray, x: float, y: float) -> None:
+    """Place one image with its top-left corner at data (x, y); ink dark on white."""
+    h, w = img.shape
+    ax.imshow(img, cmap="gray_r", vmin=0.0, vmax=1.0, extent=(x, x + w, y + h, y), interpolation="nearest")
+
+
+def _frame(ax, x: float, y: float, size: float, colour: str, lw: float, ls: str = "-", pad: float = 0.0) -> None:
+    ax.add_patch(
+        Rectangle((x - pad, y - pad), size + 2 * pad, size + 2 * pad, fill=False, ec=colour, lw=lw, ls=ls)
+    )
+
+
+def plot_accuracy(histories: Mapping[str, pd.DataFrame], path: PathLike, n_way: int = 20) -> Path:
+    """Accuracy per loop: one colour per strategy, validation solid, test dashed, warm-up shaded."""
+    fig = Figure(figsize=(9.0, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    colours = [f"C{i}" for i in range(10)]
+    spans = set()
+    handles = []
+    for i, (strategy, h) in enumerate(histories.items()):
+        colour = colours[i % len(colours)]
+        h = h.sort_values("loop")
+        val = h.dropna(subset=["val_acc20"])
+        ax.plot(val["loop"], val["val_acc20"], color=colour, ls="-", lw=1.6, marker="o", ms=2.5)
+        if "test_acc20" in h and h["test_acc20"].notna().any():
+            test = h.dropna(subset=["test_acc20"])  # test may be scored on fewer loops; join the dots
+            ax.plot(test["loop"], test["test_acc20"], color=colour, ls="--", lw=1.3)
+        if "phase" in h:
+            warm = h.loc[h["phase"].astype(str) == "warmup", "loop"]
+            if len(warm):
+                spans.add((float(warm.min()) - 0.5, float(warm.max()) + 0.5))
+        handles.append(Line2D([], [], color=colour, lw=2, label=strategy))
+    for lo, hi in sorted(spans):  # strategies usually share one warm-up: one band, drawn once
+        ax.axvspan(lo, hi, color="0.5", alpha=0.12, lw=0)
+    ax.axhline(100.0 / n_way, color="0.4", ls=":", lw=1)
+    handles += [
+        Line2D([], [], color="k", ls="-", label="validation"),
+        Line2D([], [], color="k", ls="--", label="test"),
+        Line2D([], [], color="0.4", ls=":", label=f"chance ({100 / n_way:g}%)"),
+    ]
+    if spans:
+        handles.append(Patch(color="0.5", alpha=0.25, label="warm-up"))
+    # Outside the axes: inside, it would hide whichever curve happens to run under it.
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("training loop")
+    ax.set_ylabel(f"{n_way}-way one-shot accuracy (%)")
+    ax.set_title(f"{n_way}-way one-shot accuracy per loop")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _pick_tasks(predictions: Mapping[str, np.ndarray], strategies: Sequence[str], n_tasks: int) -> list[int]:
+    """Tasks where the strategies disagree first (the instructive ones), then the rest, in order."""
+    target = np.asarray(predictions["target"])
+    correct = np.stack([np.asarray(predictions[f"pred_{s}"]) == target for s in strategies])
+    split = correct.any(axis=0) & ~correct.all(axis=0)
+    order = np.concatenate([np.flatnonzero(split), np.flatnonzero(~split)])
+    return [int(t) for t in order[:n_tasks]]
+
+
+def plot_tasks(
+    X_test: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    strategies: Sequence[str],
+    path: PathLike,
+    n_tasks: int = 4,
+    tasks: Sequence[int] | None = None,
+) -> Path:
+    """A few across-alphabet test tasks: query, then the support set with each strategy's pick.
+
+    The true match is framed green; under every picked image each strategy that picked it
+    is named with ✓/✗, and a wrong pick is framed dashed red. By default the tasks where
+    the strategies disagree are shown first.
+    """
+    strategies = list(strategies)
+    tasks = list(tasks) if tasks is not None else _pick_tasks(predictions, strategies, n_tasks)
+    qc, qd = np.asarray(predictions["query_char"]), np.asarray(predictions["query_drawing"])
+    sc, sd = np.asarray(predictions["support_chars"]), np.asarray(predictions["support_drawings"])
+    target = np.asarray(predictions["target"])
+    n_way = int(sc.shape[1])
+    S = int(_image(X_test, 0, 0).shape[0])
+
+    # Layout in pixel units of the images: a cell is an image plus a gap; the query sits apart.
+    gap = S * 0.25
+    cell = S + gap
+    x0 = cell + S * 0.5  # supports start after the query and a wider gap
+    width = x0 + n_way * cell
+    label_h = S * 0.42  # one line of "strategy ✓" under an image
+    row_h = S + gap + label_h * max(1, len(strategies))
+    fig_w = width / S * CELL_IN
+    fig_h = max(1, len(tasks)) * (row_h / S * CELL_IN + 0.3)
+    fig = Figure(figsize=(fig_w, fig_h), layout="constrained")
+    axes = fig.subplots(max(1, len(tasks)), 1, squeeze=False)[:, 0]
+    font = 7.5
+
+    for ax, t in zip(axes, tasks):
+        ax.set_xlim(-gap, width)
+        ax.set_ylim(row_h, -gap)  # y grows downwards, like the images
+        ax.set_aspect("equal")
+        ax.axis("off")
+        _show(ax, _image(X_test, qc[t], qd[t]), 0, 0)
+        _frame(ax, 0, 0, S, "0.2", 1.2, pad=1)
+        ax.text(S / 2, S + gap * 0.5, "query", ha="center", va="top", fontsize=font)
+        picks: dict[int, list[str]] = {}
+        summary = []
+        for s in strategies:
+            p = int(np.asarray(predictions[f"pred_{s}"])[t])
+            picks.setdefault(p, []).append(s)
+            summary.append(f"{s} {'✓' if p == target[t] else '✗'}")
+        for j in range(n_way):
+            x = x0 + j * cell
+            _show(ax, _image(X_test, sc[t, j], sd[t, j]), x, 0)
+            if j == target[t]:
+                _frame(ax, x, 0, S, TRUE_COLOUR, 2.6, pad=1.5)
+            elif j in picks:
+                _frame(ax, x, 0, S, WRONG_COLOUR, 1.8, ls="--", pad=1.5)
+            else:
+                _frame(ax, x, 0, S, "0.8", 0.5)
+            for k, s in enumerate(picks.get(j, [])):
+                ok = j == target[t]
+                ax.text(
+                    x + S / 2,
+                    S + gap * 0.5 + k * label_h,
+                    f"{s} {'✓' if ok else '✗'}",
+                    ha="center",
+                    va="top",
+                    fontsize=font,
+                    color=TRUE_COLOUR if ok else WRONG_COLOUR,
+                    fontweight="bold",
+                )
+        ax.set_title(
+            f"task {t}: " + ", ".join(summary),
+            loc="left",
+            fontsize=9,
+        )
+    for ax in axes[len(tasks) :]:
+        ax.axis("off")
+    fig.suptitle(
+        f"{n_way}-way one-shot test tasks: query, then the support set "
+        "(true match framed green, a wrong pick dashed red)",
+        fontsize=11,
+    )
+    return _save(fig, path)
+
+
+def _rotation_label(c: int, n: int) -> str:
+    turns = (int(c) // n) % 4
+    return f"char {int(c) % n}" + (f", {90 * turns}°" if turns else "")
+
+
+def plot_hard_triplets(X_train: np.ndarray, mined: Mapping[str, Mapping], path: PathLike, n: int = 8) -> Path:
+    """Triplets the hard strategy mined at its first and last main loop, anchor | positive | negative.
+
+    Each image is labelled with its character and rotation, so a negative that is a rotated
+    copy of the anchor's own character is visible as such.
+    """
+    n_chars = int(X_train.shape[0])
+    S = int(_image(X_train, 0, 0).shape[0])
+    gap = S * 0.2
+    label_h = S * 0.38
+    cell_w, cell_h = S + gap, S + label_h + gap * 0.5
+    panels = [("first", "first main loop"), ("last", "last main loop")]
+    rows = max(1, min(n, max((len(mined.get(k, {}).get("classes", [])) for k, _ in panels), default=0)))
+    fig = Figure(figsize=(2 * 3 * cell_w / S * CELL_IN * 1.35 + 0.4, rows * cell_h / S * CELL_IN * 1.35 + 0.8),
+                 layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, (key, name) in zip(axes, panels):
+        ax.set_xlim(-gap, 3 * cell_w)
+        ax.set_ylim(rows * cell_h, -S * 0.45)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        entry = mined.get(key)
+        if not entry:
+            ax.set_title(f"{name}: none recorded", fontsize=10)
+            continue
+        classes = np.asarray(entry.get("classes", []), dtype=int).reshape(-1, 3)[:n]
+        drawings = np.asarray(entry.get("drawings", []), dtype=int).reshape(-1, 3)[:n]
+        loop = entry.get("loop")
+        ax.set_title(f"{name}" + (f" (loop {loop})" if loop is not None else ""), fontsize=10)
+        for col, head in enumerate(("anchor", "positive", "negative")):
+            ax.text(col * cell_w + S / 2, -S * 0.12, head, ha="center", va="bottom", fontsize=8, fontweight="bold")
+        for r, (cls, drw) in enumerate(zip(classes, drawings)):
+            y = r * cell_h
+            for col in range(3):
+                x = col * cell_w
+                _show(ax, class_image(X_train, cls[col], drw[col]), x, y)
+                _frame(ax, x, y, S, WRONG_COLOUR if col == 2 else "0.75", 0.8 if col < 2 else 1.2)
+                ax.text(x + S / 2, y + S + 1, _rotation_label(cls[col], n_chars), ha="center", va="top", fontsize=6)
+    fig.suptitle("Triplets mined by the hard strategy", fontsize=11)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_report(
+    out_dir: PathLike,
+    table: pd.DataFrame,
+    tests: pd.DataFrame,
+    context: Mapping[str, Any] | None = None,
+    figures: Mapping[str, PathLike] | None = None,
+) -> dict[str, Path]:
+    """Write ``comparison.csv`` (the table, no index) and ``comparison.md``, atomically.
+
+    ``figures`` maps captions to already written images; the Markdown links them by a
+    path relative to ``out_dir``. Returns {"csv": path, "md": path}.
+    """
+    out = Path(out_dir)
+    csv_path, md_path = out / "comparison.csv", out / "comparison.md"
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+    links = {cap: os.path.relpath(Path(p), out) for cap, p in (figures or {}).items()}
+    write_text(md_path, comparison_markdown(table, tests, context, links))
+    return {"csv": csv_path, "md": md_path}

@@ -1,0 +1,191 @@
+"""Triplet selection strategies ("miners"): turn a training set into training batches.
+
+Every strategy has one call shape, ``strategy.sample() -> Batch``, and says which
+model it trains (the 3-branch triplet network, or the embedding itself with a batch
+loss). They draw from their own ``numpy.random.Generator``, so the same seed gives
+the same batches.
+
+* ``RandomTriplets``: the assignment's random triplets.
+* ``HardTriplets``: the assignment's hard triplets - the negative is the drawing of a
+  random other class *nearest* the anchor. Exact mode embeds the anchors and every
+  candidate drawing in one batched forward pass per step; ``refresh_every=k`` mines
+  from a table of training-set embeddings refreshed every k steps instead.
+* ``ClassBalancedBatches``: P classes x K drawings for the online batch losses
+  (batch-all, batch-hard, semi-hard), which mine inside the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from tripletml.distances import pairwise_sqeuclidean_np
+
+EmbedFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Batch:
+    """``x``: model inputs; ``y``: class labels of every image in ``x``.
+
+    Triplet batches: x (B, 3, S, S, 1), y (B, 3) (anchor, positive, negative classes).
+    Class-balanced batches: x (P*K, S, S, 1), y (P*K,).
+    ``negatives`` holds, for hard triplets, the chosen negative drawing indices.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    drawings: np.ndarray | None = None
+
+
+def augment_rotations(X: np.ndarray) -> np.ndarray:
+    """Add the 90/180/270-degree rotations of every character as new classes (Vinyals et al.).
+
+    (n, 20, S, S) -> (4n, 20, S, S); rotated copies follow the originals, so class
+    ``i`` keeps its index and ``i + k*n`` is it turned by k quarter turns.
+    """
+    return np.concatenate([np.rot90(X, k, axes=(2, 3)) for k in range(4)])
+
+
+def _two_distinct(rng: np.random.Generator, n: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+    """n pairs of distinct integers in [0, high), uniformly (shift trick, no rejection loop)."""
+    first = rng.integers(0, high, n)
+    second = (first + rng.integers(1, high, n)) % high
+    return first, second
+
+
+class TripletStrategy:
+    """Base of the assignment's triplet strategies: anchor class, positive, negative class."""
+
+    uses_triplet_network = True
+    name = "triplets"
+
+    def __init__(self, X: np.ndarray, batch_size: int, rng: np.random.Generator):
+        if X.shape[0] < 2 or X.shape[1] < 2:
+            raise ValueError(f"need at least 2 classes with 2 drawings each, got {X.shape[:2]}")
+        self.X = X
+        self.batch_size = batch_size
+        self.rng = rng
+
+    def _classes_and_drawings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        n_cls, n_draw = self.X.shape[:2]
+        anchor_cls, neg_cls = _two_distinct(self.rng, self.batch_size, n_cls)
+        a_draw, p_draw = _two_distinct(self.rng, self.batch_size, n_draw)
+        return anchor_cls, neg_cls, a_draw, p_draw
+
+    def _batch(self, anchor_cls, neg_cls, a_draw, p_draw, n_draw) -> Batch:
+        cls = np.stack([anchor_cls, anchor_cls, neg_cls], axis=1)
+        drw = np.stack([a_draw, p_draw, n_draw], axis=1)
+        return Batch(self.X[cls, drw][..., None], cls, drw)
+
+    def sample(self) -> Batch:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class RandomTriplets(TripletStrategy):
+    """The assignment's random triplets: everything drawn uniformly."""
+
+    name = "random"
+
+    def sample(self) -> Batch:
+        anchor_cls, neg_cls, a_draw, p_draw = self._classes_and_drawings()
+        n_draw = self.rng.integers(0, self.X.shape[1], self.batch_size)
+        return self._batch(anchor_cls, neg_cls, a_draw, p_draw, n_draw)
+
+
+class HardTriplets(TripletStrategy):
+    """The assignment's hard triplets: the negative class's drawing nearest the anchor.
+
+    ``embed`` maps model images (m, S, S, 1) to (m, D) under the *current* network.
+    ``refresh_every=0`` mines exactly: one forward pass per step over the anchors and
+    all drawings of each negative class. ``refresh_every=k`` mines from ``table``
+    (n_classes, n_drawings, D), re-embedded every k steps.
+    """
+
+    name = "hard"
+
+    def __init__(
+        self,
+        X: np.ndarray,
+        batch_size: int,
+        rng: np.random.Generator,
+        embed: EmbedFn,
+        refresh_every: int = 0,
+    ):
+        super().__init__(X, batch_size, rng)
+        self.embed = embed
+        self.refresh_every = refresh_every
+        self.table: np.ndarray | None = None
+        self._steps = 0
+
+    def refresh(self) -> None:
+        """Re-embed the whole training set into the mining table."""
+        n_cls, n_draw = self.X.shape[:2]
+        flat = self.X.reshape(n_cls * n_draw, *self.X.shape[2:], 1)
+        self.table = self.embed(flat).reshape(n_cls, n_draw, -1)
+
+    def sample(self) -> Batch:
+        anchor_cls, neg_cls, a_draw, p_draw = self._classes_and_drawings()
+        if self.refresh_every:
+            if self.table is None or self._steps % self.refresh_every == 0:
+                self.refresh()
+            anchors = self.table[anchor_cls, a_draw]  # (B, D)
+            candidates = self.table[neg_cls]  # (B, n_draw, D)
+        else:
+            b, n_draw = self.batch_size, self.X.shape[1]
+            images = np.concatenate([self.X[anchor_cls, a_draw], self.X[neg_cls].reshape(b * n_draw, *self.X.shape[2:])])
+            emb = self.embed(images[..., None])
+            anchors, candidates = emb[:b], emb[b:].reshape(b, n_draw, -1)
+        self._steps += 1
+        n_draw = nearest_candidate(anchors, candidates)
+        return self._batch(anchor_cls, neg_cls, a_draw, p_draw, n_draw)
+
+
+def nearest_candidate(anchors: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Index of the candidate nearest each anchor (squared L2): (B, D), (B, C, D) -> (B,)."""
+    d = np.einsum("bcd,bcd->bc", candidates, candidates) - 2.0 * np.einsum("bcd,bd->bc", candidates, anchors)
+    return np.argmin(d, axis=1)  # |anchor|^2 is the same for every candidate of a row
+
+
+class ClassBalancedBatches:
+    """P random classes x K random distinct drawings each, for the online batch losses."""
+
+    uses_triplet_network = False
+
+    def __init__(self, X: np.ndarray, classes_per_batch: int, samples_per_class: int, rng: np.random.Generator, name: str = "batch_all"):
+        n_cls, n_draw = X.shape[:2]
+        if classes_per_batch > n_cls:
+            raise ValueError(f"classes_per_batch = {classes_per_batch} exceeds the {n_cls} training classes")
+        if samples_per_class > n_draw:
+            raise ValueError(f"samples_per_class = {samples_per_class} exceeds the {n_draw} drawings per class")
+        self.X, self.P, self.K, self.rng, self.name = X, classes_per_batch, samples_per_class, rng, name
+
+    def sample(self) -> Batch:
+        n_cls, n_draw = self.X.shape[:2]
+        cls = self.rng.choice(n_cls, self.P, replace=False)
+        # K distinct drawings per class: the first K of a random permutation of each row
+        drw = np.argsort(self.rng.random((self.P, n_draw)), axis=1)[:, : self.K]
+        cls = np.repeat(cls, self.K)
+        drw = drw.reshape(-1)
+        return Batch(self.X[cls, drw][..., None], cls, drw)
+
+
+def make_strategy(
+    name: str,
+    X: np.ndarray,
+    settings: dict,
+    rng: np.random.Generator,
+    embed: EmbedFn | None = None,
+):
+    """Build a strategy by name from the effective settings of ``params.strategy(name)``."""
+    if name == "random":
+        return RandomTriplets(X, settings["batch_size"], rng)
+    if name == "hard":
+        if embed is None:
+            raise ValueError("the hard strategy needs the current network's embed function")
+        return HardTriplets(X, settings["batch_size"], rng, embed, settings.get("refresh_every", 0))
+    if name in ("batch_all", "batch_hard", "semi_hard"):
+        return ClassBalancedBatches(X, settings["classes_per_batch"], settings["samples_per_class"], rng, name)
+    raise ValueError(f"unknown strategy {name!r}")
