@@ -209,6 +209,13 @@ def test_markdown_contains_table_context_and_verdict():
     assert md.index("81.0 [79.2, 82.7]") < md.index(tests.iloc[0].verdict)  # table above the tests
 
 
+def test_markdown_without_tabulate(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tabulate", None)  # makes `import tabulate` fail
+    table = report.comparison_table(_evaluate(), _train())
+    md = report.comparison_markdown(table, report.paired_tests(_predictions(), STRATEGIES), {})
+    assert "| hard | 81.0 [79.2, 82.7] |" in md and "|:---|---:|" in md
+
+
 def test_write_report_atomic_and_roundtrip(tmp_path):
     table = report.comparison_table(_evaluate(), _train())
     tests = report.paired_tests(_predictions(), STRATEGIES)

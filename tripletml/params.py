@@ -168,7 +168,7 @@ def validate_params(raw: dict, source: str = "params.yaml") -> Params:
 
 def _cross_checks(p: Params, source: str) -> None:
     """Checks that span several keys, made before any work starts."""
-    from tripletml.models import min_image_size  # local: keeps params import light
+    from tripletml.architectures import min_image_size  # pure Python: no TensorFlow at start-up
 
     need = min_image_size(p.model.arch, filters=p.model.filters, blocks=p.model.blocks)
     if p.data.image_size < need:

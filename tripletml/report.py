@@ -274,17 +274,21 @@ def _sig(x: Any, digits: int = 3) -> str:
     return "–" if x is None or pd.isna(x) else f"{float(x):.{digits}g}"
 
 
-def _markdown_table(df: pd.DataFrame) -> str:
-    """A pipe table of already-formatted strings; tabulate's when it is importable."""
+def _markdown_table(df: pd.DataFrame, text: Sequence[str] = ("strategy",)) -> str:
+    """A pipe table of already-formatted strings; tabulate's when it is importable.
+
+    The ``text`` columns are left-aligned, the others (numbers) right-aligned.
+    """
+    align = ["left" if col in text else "right" for col in df.columns]
     try:
         import tabulate  # noqa: F401
     except ImportError:
         head = "| " + " | ".join(df.columns) + " |"
-        rule = "|" + "|".join("---" for _ in df.columns) + "|"
+        rule = "|" + "|".join(":---" if a == "left" else "---:" for a in align) + "|"
         body = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
         return "\n".join([head, rule, *body])
     # disable_numparse: the cells are formatted already and must stay as written.
-    return df.to_markdown(index=False, disable_numparse=True)
+    return df.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def _context_line(context: Mapping[str, Any]) -> str:
@@ -351,12 +355,11 @@ def comparison_markdown(
                         "p": tests["p_value"].map(lambda p: _sig(p, 2)),
                         "verdict": tests["verdict"].astype(str),
                     }
-                )
+                ),
+                text=("strategy", "vs", "verdict"),
             ),
             "",
         ]
-        parts += [f"- **{r.strategy} vs {r.baseline}, {r.task_set}**: {r.verdict}" for r in tests.itertuples()]
-        parts.append("")
     else:
         parts += ["No strategy besides the baseline to test.", ""]
     if figures:

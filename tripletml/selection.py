@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tripletml.distances import pairwise_sqeuclidean_np
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
 

@@ -241,7 +241,7 @@ class Trainer:
                 v.assign(z[f"o{i}"])
             if self.augmenter is not None:
                 self.augmenter.set_weights([z[f"a{i}"] for i in range(len(self.augmenter.weights))])
-            self.best_weights = [z[f"b{i}"] for i in range(n_w)] if f"b0" in z else None
+            self.best_weights = [z[f"b{i}"] for i in range(n_w)] if "b0" in z else None
         self.history = [LoopRecord(**r) for r in state["history"]]
         self.best_loop, self.best_val = state["best_loop"], state["best_val"]
         self.train_seconds = state["train_seconds"]

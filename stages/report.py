@@ -1,0 +1,63 @@
+"""Stage `report`: the comparison table, the paired tests and the pictures.
+
+Writes reports/{comparison.csv, comparison.md, accuracy.png, tasks.png,
+hard_triplets.png} and logs them to MLflow with the pipeline's tag.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import common
+
+from tripletml import report, tracking
+from tripletml.data import load_prepared
+
+OUT = Path("reports")
+
+
+def main() -> None:
+    p = common.params()
+    names = common.strategies(p)
+    evaluate = report.load_evaluate("metrics/evaluate.json")
+    train = report.load_train_metrics("metrics/train", names)
+    histories = report.load_histories("metrics/history", names)
+    predictions = report.load_predictions("data/evaluate/predictions.npz")
+    mined = report.load_mined("models/hard/mined.json")
+    prepared = Path(p.data.prepared_dir)
+    uri = tracking.default_tracking_uri()
+    tracking.check_reachable(uri)
+
+    table = report.comparison_table(evaluate, train)
+    tests = report.paired_tests(predictions, names, baseline="random")
+    figures = {
+        "Accuracy per loop": report.plot_accuracy(histories, OUT / "accuracy.png", p.evaluate.n_way),
+        "Test tasks and each strategy's pick": report.plot_tasks(
+            load_prepared(prepared / "test.npz").X, predictions, names, OUT / "tasks.png"
+        ),
+        "Triplets mined by the hard strategy": report.plot_hard_triplets(
+            load_prepared(prepared / "train.npz").X, mined, OUT / "hard_triplets.png"
+        ),
+    }
+    context = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "image size": f"{p.data.image_size} px",
+        "model": p.model.arch,
+        "training time": f"{sum(t['train_seconds'] for t in train.values()):.0f} s",
+        "tasks": f"{p.evaluate.tasks} x {p.evaluate.n_way}-way",
+    }
+    written = report.write_report(OUT, table, tests, context, figures)
+    print(written["md"].read_text())
+    tracking.log_evaluation(
+        uri,
+        run_name="report",
+        tags={"dvc_stage": "report", "pipeline": common.pipeline_tag(), "git_commit": tracking.git_commit(".") or "unknown"},
+        metrics={f"{row.strategy}_test_acc20": float(row.test_acc20) for row in table.itertuples()},
+        artifacts=[str(written["csv"]), str(written["md"]), *map(str, figures.values())],
+    )
+
+
+if __name__ == "__main__":
+    common.run(main)
