@@ -39,9 +39,10 @@ def pipeline_tag() -> str:
 
 def pending_file(stage: str):
     """Where MLflow records that could not be sent wait for a replay (git-ignored)."""
-    from pathlib import Path
+    from tripletml import tracking
 
-    return Path(".mlflow_pending") / f"{stage}.jsonl"
+    # The outer repo's root even under `dvc exp run --temp`, whose copy DVC deletes.
+    return tracking.repo_root() / ".mlflow_pending" / f"{stage}.jsonl"
 
 
 def strategies(p: Params) -> list[str]:
