@@ -83,10 +83,10 @@ def course_hard_sample(trainer) -> Callable:
     return sample
 
 
-def time_loop(sample: Callable, stepper: Callable, steps: int) -> float:
-    """Seconds per step of Trainer.run's inner loop: sample, step, then read the losses."""
+def time_loop(step: Callable, steps: int) -> float:
+    """Seconds per step of Trainer.run's inner loop (Trainer.train_step), then read the losses."""
     t0 = time.perf_counter()
-    losses = [stepper(sample()) for _ in range(steps)]
+    losses = [step() for _ in range(steps)]
     float(np.mean([float(v) for v in losses]))  # waits for the last step, as run() does
     return (time.perf_counter() - t0) / steps
 
@@ -94,7 +94,7 @@ def time_loop(sample: Callable, stepper: Callable, steps: int) -> float:
 def time_bare(stepper, x, y, steps: int) -> float:
     """Seconds per step of the compiled step alone, on tensors already in memory."""
     t0 = time.perf_counter()
-    losses = [stepper._step(x, y) for _ in range(steps)]
+    losses = [stepper._step(x, y)[0] for _ in range(steps)]
     float(np.mean([float(v) for v in losses]))
     return (time.perf_counter() - t0) / steps
 
@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> None:
         "hard refresh": make_trainer({**base, "refresh_every": k}, model_params, train, val),
         "assignment": make_trainer({**base, "refresh_every": 0}, model_params, train, val),
     }
-    samplers = {name: t.strategy.sample for name, t in trainers.items()}
-    samplers["assignment"] = course_hard_sample(trainers["assignment"])
+    course_sample = course_hard_sample(trainers["assignment"])
+    steps_of = {name: (lambda t=t: t.train_step(t.strategy)[0]) for name, t in trainers.items()}
+    a = trainers["assignment"]
+    steps_of["assignment"] = lambda: a.train_step(a.strategy, course_sample())[0]
     steppers = {name: t._steppers[True] for name, t in trainers.items()}
     refresher = trainers["hard refresh"].strategy
     fixed = trainers["random"].strategy.sample()  # the bare step's one batch, kept as tensors
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Warm-up: trace every graph (steps, embed, predict) and build the refresh table.
     for name in trainers:
-        time_loop(samplers[name], steppers[name], 1)
+        time_loop(steps_of[name], 1)
     time_bare(steppers["random"], fx, fy, 1)
 
     modes = ["random", "bare step", "hard exact", "hard refresh", "assignment"]
@@ -151,13 +153,13 @@ def main(argv: list[str] | None = None) -> None:
                 refresh_times.append(time.perf_counter() - t0)
                 refresher._steps = 1  # mid-period: the timed steps mine from the table just built
                 refresh_every, refresher.refresh_every = refresher.refresh_every, 10**12
-                steps_time = time_loop(samplers[m], steppers[m], args.steps)
+                steps_time = time_loop(steps_of[m], args.steps)
                 refresher.refresh_every = refresh_every
                 times[m].append(steps_time + refresh_times[-1] / k)  # the rebuild, amortised
             elif m == "assignment":
-                times[m].append(time_loop(samplers[m], steppers[m], args.baseline_steps))
+                times[m].append(time_loop(steps_of[m], args.baseline_steps))
             else:
-                times[m].append(time_loop(samplers[m], steppers[m], args.steps))
+                times[m].append(time_loop(steps_of[m], args.steps))
 
     med = {m: statistics.median(v) for m, v in times.items()}
     n_imgs = train.X.shape[0] * train.X.shape[1] * (4 if base["augment"]["rotations"] else 1)

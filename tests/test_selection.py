@@ -223,3 +223,16 @@ def test_make_strategy_dispatch(X: np.ndarray, table: np.ndarray) -> None:
         make_strategy("hard", X, settings, rng)
     with pytest.raises(ValueError, match="unknown strategy"):
         make_strategy("nope", X, settings, rng)
+
+
+def test_hard_refresh_table_takes_the_training_steps_own_embeddings() -> None:
+    rng = np.random.default_rng(3)
+    X = rng.random((6, 20, 4, 4)).astype(np.float32)
+    strategy = HardTriplets(X, 5, np.random.default_rng(0), lambda x: np.zeros((len(x), 3), np.float32), refresh_every=50)
+    batch = strategy.sample()  # builds the (all-zero) table
+    fresh = rng.random((5, 3, 3)).astype(np.float32)
+    strategy.observe(batch, fresh.reshape(5, 9))  # a triplet network's (B, 3*D) layout
+    np.testing.assert_array_equal(strategy.table[batch.y, batch.drawings], fresh)
+    untouched = np.ones(strategy.table.shape[:2], bool)
+    untouched[batch.y, batch.drawings] = False
+    assert not strategy.table[untouched].any(), "only the batch's rows change"

@@ -142,7 +142,7 @@ def test_nan_loss_stops_naming_the_loop(data, monkeypatch: pytest.MonkeyPatch) -
 
     def step(batch):  # real steps in loop 1, NaN from loop 2 on
         calls.append(1)
-        return stepper(batch) if len(calls) <= 2 else tf.constant(np.nan)
+        return stepper(batch) if len(calls) <= 2 else (tf.constant(np.nan), tf.zeros((len(batch.y), 1)))
 
     monkeypatch.setitem(trainer._steppers, True, step)
     with pytest.raises(TrainingError, match=r"loss is nan at loop 2\b"):

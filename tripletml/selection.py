@@ -31,7 +31,7 @@ class Batch:
 
     Triplet batches: x (B, 3, S, S, 1), y (B, 3) (anchor, positive, negative classes).
     Class-balanced batches: x (P*K, S, S, 1), y (P*K,).
-    ``negatives`` holds, for hard triplets, the chosen negative drawing indices.
+    ``drawings`` holds the drawing index of every image (for triplets, (B, 3)).
     """
 
     x: np.ndarray
@@ -100,7 +100,9 @@ class HardTriplets(TripletStrategy):
     ``embed`` maps model images (m, S, S, 1) to (m, D) under the *current* network.
     ``refresh_every=0`` mines exactly: one forward pass per step over the anchors and
     all drawings of each negative class. ``refresh_every=k`` mines from ``table``
-    (n_classes, n_drawings, D), re-embedded every k steps.
+    (n_classes, n_drawings, D), re-embedded every k steps; in between, the rows of
+    the images each training step embeds anyway are overwritten with those fresh
+    embeddings (:meth:`observe`), so the table drifts less for free.
     """
 
     name = "hard"
@@ -140,6 +142,11 @@ class HardTriplets(TripletStrategy):
         self._steps += 1
         n_draw = nearest_candidate(anchors, candidates)
         return self._batch(anchor_cls, neg_cls, a_draw, p_draw, n_draw)
+
+    def observe(self, batch: Batch, embeddings: np.ndarray) -> None:
+        """Write the training step's own embeddings (B, 3, D) of ``batch`` into the table."""
+        if self.table is not None:
+            self.table[batch.y, batch.drawings] = embeddings.reshape(*batch.y.shape, -1)
 
 
 def nearest_candidate(anchors: np.ndarray, candidates: np.ndarray) -> np.ndarray:

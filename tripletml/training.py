@@ -123,9 +123,10 @@ class _Stepper:
                 loss = loss + tf.add_n(self.model.losses)
         grads = tape.gradient(loss, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        return loss
+        return loss, pred
 
-    def __call__(self, batch: Batch) -> tf.Tensor:
+    def __call__(self, batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
+        """One step; returns the loss and the batch's embeddings (for strategies that observe them)."""
         return self._step(tf.constant(batch.x, tf.float32), tf.constant(batch.y, tf.int32))
 
 
@@ -255,6 +256,14 @@ class Trainer:
         self.start_loop = state["next_loop"]
         return True
 
+    def train_step(self, strategy, batch: Batch | None = None) -> tuple[tf.Tensor, Batch]:
+        """Train on one batch (drawn from ``strategy`` unless given); returns the loss and the batch."""
+        batch = strategy.sample() if batch is None else batch
+        loss, embeddings = self._steppers[strategy.uses_triplet_network](batch)
+        if hasattr(strategy, "observe"):  # e.g. hard mining's table takes the fresh embeddings
+            strategy.observe(batch, embeddings.numpy())
+        return loss, batch
+
     def _record_examples(self, batch: Batch, loop: int, n: int = 8) -> None:
         """Keep a few mined triplets of the first and last main loop, for the report."""
         if batch.y.ndim != 2:  # only triplet batches have (anchor, positive, negative) rows
@@ -276,7 +285,6 @@ class Trainer:
         for loop in range(self.start_loop, s["loops"]):
             warm = self.warmup is not None and loop < s["warmup_loops"]
             strategy = self.warmup if warm else self.strategy
-            stepper = self._steppers[strategy.uses_triplet_network]
             t0 = time.perf_counter()
             losses = []
             steps = range(s["steps_per_loop"])
@@ -285,10 +293,10 @@ class Trainer:
 
                 steps = tqdm(steps, desc=f"{self.name} loop {loop + 1}/{s['loops']}", leave=False)
             for i in steps:
-                batch = strategy.sample()
+                loss, batch = self.train_step(strategy)
+                losses.append(loss)
                 if i == 0 and not warm:
                     self._record_examples(batch, loop)
-                losses.append(stepper(batch))
             loss = float(np.mean([float(v) for v in losses]))
             seconds = time.perf_counter() - t0
             self.train_seconds += seconds
