@@ -227,9 +227,11 @@ def test_make_strategy_dispatch(X: np.ndarray, table: np.ndarray) -> None:
 
 def test_hard_refresh_table_takes_the_training_steps_own_embeddings() -> None:
     rng = np.random.default_rng(3)
-    X = rng.random((6, 20, 4, 4)).astype(np.float32)
+    X = rng.random((300, 20, 2, 2)).astype(np.float32)
     strategy = HardTriplets(X, 5, np.random.default_rng(0), lambda x: np.zeros((len(x), 3), np.float32), refresh_every=50)
     batch = strategy.sample()  # builds the (all-zero) table
+    pairs = {(c, d) for c, d in zip(batch.y.ravel(), batch.drawings.ravel())}
+    assert len(pairs) == batch.y.size, "the seed gives 15 distinct images, so every write is checkable"
     fresh = rng.random((5, 3, 3)).astype(np.float32)
     strategy.observe(batch, fresh.reshape(5, 9))  # a triplet network's (B, 3*D) layout
     np.testing.assert_array_equal(strategy.table[batch.y, batch.drawings], fresh)
