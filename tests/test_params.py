@@ -1,0 +1,67 @@
+"""params.yaml validation: every bad value gets one clear error naming the key and the value."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tripletml.params import ParamsError, load_params, validate_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_committed_params_file_is_valid():
+    p = load_params(REPO / "params.yaml")
+    hard = p.strategy("hard")
+    assert hard["strategy"] == "hard" and hard["loops"] == p.train.loops
+
+
+def test_strategy_overrides_fall_back_to_train():
+    p = validate_params({"train": {"loops": 7, "batch_size": 32}, "strategies": {"hard": {"batch_size": 16}}})
+    assert p.strategy("hard")["batch_size"] == 16
+    assert p.strategy("hard")["loops"] == 7
+    assert p.strategy("random")["batch_size"] == 32
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"train": {"lerning_rate": 0.1}}, "unknown key 'train.lerning_rate' (did you mean 'learning_rate'?)"),
+        ({"strategies": {"hard": {"refresh_evry": 5}}}, "unknown key 'strategies.hard.refresh_evry' (did you mean 'refresh_every'?)"),
+        ({"modle": {}}, "unknown key 'modle' (did you mean 'model'?)"),
+        ({"train": {"loops": 0}}, "train.loops = 0"),
+        ({"train": {"steps_per_loop": -5}}, "train.steps_per_loop = -5"),
+        ({"train": {"batch_size": 0}}, "train.batch_size = 0"),
+        ({"train": {"margin": -0.1}}, "train.margin = -0.1"),
+        ({"train": {"loops": "ten"}}, "train.loops = 'ten'"),
+        ({"model": {"arch": "resnet"}}, "model.arch = 'resnet'"),
+        ({"extra_strategies": ["hardest"]}, "unknown strategy 'hardest'"),
+        ({"data": {"image_size": 28}, "model": {"arch": "schroff"}}, "data.image_size = 28: too small for model.arch 'schroff' (needs >= 38)"),
+        ({"strategies": {"hard": {"warmup_loops": 10}}}, "strategies.hard.warmup_loops = 10: must be below loops"),
+    ],
+)
+def test_bad_values_name_the_key_and_value(raw, expected):
+    with pytest.raises(ParamsError) as err:
+        validate_params(raw, "params.yaml")
+    assert expected in str(err.value)
+    assert str(err.value).startswith("params.yaml: ")
+    assert "\n" not in str(err.value)
+
+
+def test_unreadable_yaml_is_one_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: not valid YAML"):
+        load_params(bad)
+
+
+def test_a_stage_with_bad_params_exits_before_work(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"margin": -1}}))
+    res = subprocess.run([sys.executable, str(REPO / "stages" / "prepare.py")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()], "one line"
+    assert "train.margin = -1" in res.stderr
+    assert not (tmp_path / "data").exists(), "nothing written"
