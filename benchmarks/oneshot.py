@@ -5,8 +5,8 @@
 
 Both ways score the same 250 20-way tasks with the same model:
 
-* vectorised: embed each distinct image the tasks use once (``embed_set``, batched
-  ``model.predict``), then score every task by indexing (``evaluate_tasks``);
+* vectorised: embed each distinct image the tasks use once (``embed_set`` with the
+  library's compiled embed function), then score every task by indexing (``evaluate_tasks``);
 * course: per task, two ``model.predict`` calls of N images each (query repeated N
   times, then the N support images), like ``model.predict([test_images, support_set])``.
 
@@ -56,22 +56,10 @@ def load_images(path: Path) -> tuple[np.ndarray, str]:
 
 
 def small_model(size: int):
-    import keras
+    """The library's default CPU network, untrained (same architecture as the default profile)."""
+    from tripletml.models import build_embedding
 
-    layers = [keras.Input((size, size, 1))]
-    for _ in range(4):
-        layers += [
-            keras.layers.Conv2D(64, 3, padding="same"),
-            keras.layers.BatchNormalization(),
-            keras.layers.ReLU(),
-            keras.layers.MaxPooling2D(),
-        ]
-    layers += [
-        keras.layers.Flatten(),
-        keras.layers.Dense(128),
-        keras.layers.Lambda(lambda t: keras.ops.normalize(t, axis=-1, order=2)),
-    ]
-    return keras.Sequential(layers, name="bench_embedding")
+    return build_embedding("convnet", size)
 
 
 def load_model(path: Path, size: int):
@@ -122,7 +110,9 @@ def main() -> None:
 
     tasks = sample_tasks(None, X.shape[0], args.N, args.tasks, args.seed, n_drawings=X.shape[1])
     n_used = len(tasks.used_pairs(X.shape[1]))
-    fast_embed = predictor(model, args.batch_size)
+    from tripletml.training import make_embed_fn
+
+    fast_embed = make_embed_fn(model, args.batch_size)  # what evaluation uses: one compiled graph
     course_embed = predictor(model, args.N)  # course: model.predict on the N-image arrays
 
     # Warm-up: trace predict for every batch shape either path will use.
