@@ -175,6 +175,8 @@ def _cross_checks(p: Params, source: str) -> None:
         raise ParamsError(
             f"{source}: data.image_size = {p.data.image_size}: too small for model.arch {p.model.arch!r} (needs >= {need})"
         )
+    if p.train.distribute != "none":  # reserved for tf.distribute; refuse rather than ignore it
+        raise ParamsError(f"{source}: train.distribute = {p.train.distribute!r}: not implemented yet (use 'none')")
     for name in list(p.strategies) + p.extra_strategies:
         s = p.strategy(name)
         if name in TRIPLET_STRATEGIES and s["warmup_loops"] >= s["loops"]:
