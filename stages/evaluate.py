@@ -41,7 +41,10 @@ def main() -> None:
         ),
         "test_acc20_250": oneshot.sample_tasks(test.c, n, e.n_way, e.assignment_tasks, np.random.default_rng([e.seed, 2])),
     }
-    arrays = {f"{prefix}{k}": getattr(task_sets[key], k) for key, prefix in (("test_acc20", ""), ("within_acc20", "within_")) for k in ("query_char", "query_drawing", "support_chars", "support_drawings", "target")}
+    # predictions.npz keys: the across-alphabet tasks bare, the within-alphabet ones prefixed
+    saved = {"test_acc20": "", "within_acc20": "within_"}
+    fields = ("query_char", "query_drawing", "support_chars", "support_drawings", "target")
+    arrays = {f"{prefix}{f}": getattr(task_sets[key], f) for key, prefix in saved.items() for f in fields}
     metrics = {}
     for s in names:
         embedder = load_embedder(model_dirs[s])
@@ -54,7 +57,7 @@ def main() -> None:
             if key != "test_acc20_250":
                 low, high = oneshot.wilson_interval(int(correct.sum()), len(correct))
                 row[f"{key}_ci95_low"], row[f"{key}_ci95_high"] = round(100 * low, 3), round(100 * high, 3)
-                arrays[("pred_" if key == "test_acc20" else "within_pred_") + s] = pred
+                arrays[f"{saved[key]}pred_{s}"] = pred
         row["tasks"] = e.tasks
         metrics[s] = row
         print(f"{s}: test_acc20 {row['test_acc20']:.1f} within_acc20 {row['within_acc20']:.1f} test_acc20_250 {row['test_acc20_250']:.1f}")
