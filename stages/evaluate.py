@@ -13,7 +13,7 @@ import common
 import numpy as np
 
 from tripletml import oneshot, tracking
-from tripletml.atomic import atomic_path, write_json
+from tripletml.atomic import atomic_path, ensure_writable, write_json
 from tripletml.data import DataError, load_prepared
 
 PREDICTIONS = Path("data/evaluate/predictions.npz")
@@ -28,6 +28,7 @@ def main() -> None:
     for s, d in model_dirs.items():
         if not (d / "embedding.keras").is_file():
             raise DataError(f"{d}/embedding.keras: missing (run `dvc repro train_{s}`)")
+    ensure_writable("metrics", PREDICTIONS.parent)
     uri = tracking.default_tracking_uri()
     tracking.check_reachable(uri)
 

@@ -2,31 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import common
 
 from tripletml import data
-from tripletml.atomic import write_json
+from tripletml.atomic import atomic_paths, ensure_writable
 from tripletml.download import OFFICIAL_MD5, file_digest
 
 
 def main() -> None:
     p = common.params().data
     zips = {name: Path(p.raw_dir) / name for name in OFFICIAL_MD5}
+    out = Path(p.prepared_dir)
+    ensure_writable(out)
     # Read and validate everything before writing anything.
     background = data.read_omniglot_zip(zips["images_background.zip"], "background")
     evaluation = data.read_omniglot_zip(zips["images_evaluation.zip"], "evaluation")
     train, val = data.split_train_val(background, p.validation_alphabets, p.seed)
     splits = {"train": train, "val": val, "test": evaluation}
-    out = Path(p.prepared_dir)
     summary = {"image_size": p.image_size}
-    for name, raw in splits.items():
-        data.save_prepared(out / f"{name}.npz", data.to_model_set(raw, p.image_size))
-        summary[name] = data.summarize(raw)
-    summary["val"]["names"] = val.alphabets
-    summary["source"] = {f.name: {"sha256": file_digest(f, "sha256")} for f in zips.values()}
-    write_json(out / "summary.json", summary)
+    # The three splits and their summary replace the old ones together, once all are written.
+    with atomic_paths(*(out / f"{name}.npz" for name in splits), out / "summary.json") as tmps:
+        for tmp, (name, raw) in zip(tmps, splits.items()):
+            data.save_prepared(tmp, data.to_model_set(raw, p.image_size))
+            summary[name] = data.summarize(raw)
+        summary["val"]["names"] = val.alphabets
+        summary["source"] = {f.name: {"sha256": file_digest(f, "sha256")} for f in zips.values()}
+        tmps[-1].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(f"prepared {', '.join(f'{k}: {v.n_characters} characters' for k, v in splits.items())} at {p.image_size}px")
 
 

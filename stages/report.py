@@ -13,6 +13,7 @@ from pathlib import Path
 import common
 
 from tripletml import report, tracking
+from tripletml.atomic import ensure_writable
 from tripletml.data import load_prepared
 
 OUT = Path("reports")
@@ -27,6 +28,7 @@ def main() -> None:
     predictions = report.load_predictions("data/evaluate/predictions.npz")
     mined = report.load_mined("models/hard/mined.json")
     prepared = Path(p.data.prepared_dir)
+    ensure_writable(OUT)
     uri = tracking.default_tracking_uri()
     tracking.check_reachable(uri)
 

@@ -16,7 +16,7 @@ import common
 import pandas as pd
 
 from tripletml import tracking
-from tripletml.atomic import atomic_path, write_json
+from tripletml.atomic import atomic_path, ensure_writable, write_json
 from tripletml.data import load_prepared
 from tripletml.embedder import save_embedder
 from tripletml.params import STRATEGIES
@@ -30,12 +30,13 @@ def main() -> None:
     settings = params.strategy(name)
     prepared = Path(params.data.prepared_dir)
     train_set, val_set, test_set = (load_prepared(prepared / f"{s}.npz") for s in ("train", "val", "test"))
+    checkpoints, model_dir = Path("checkpoints") / name, Path("models") / name
+    ensure_writable(checkpoints, model_dir, "metrics/train", "metrics/history")
     uri = tracking.default_tracking_uri()
     tracking.check_reachable(uri)  # fail fast, before any training
 
     from tripletml.training import Trainer  # TensorFlow loads only once the inputs are known good
 
-    checkpoints = Path("checkpoints") / name
     trainer = Trainer(settings, params.model.model_dump(), train_set, val_set, test_set)
     resumed = trainer.load_checkpoint(checkpoints)
     if resumed:
@@ -68,7 +69,6 @@ def main() -> None:
 
     result = trainer.run(on_loop, checkpoints, progress=True)
 
-    model_dir = Path("models") / name
     meta = {
         "strategy": name,
         "architecture": params.model.arch,

@@ -1,5 +1,6 @@
 """params.yaml validation: every bad value gets one clear error naming the key and the value."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,25 @@ def test_bad_values_name_the_key_and_value(raw, expected):
     assert expected in str(err.value)
     assert str(err.value).startswith("params.yaml: ")
     assert "\n" not in str(err.value)
+
+
+def test_n_way_above_the_smallest_official_evaluation_alphabet_is_refused(tmp_path):
+    # Nothing prepared yet: the check uses the official evaluation set (Angelic, 20 characters).
+    raw = {"data": {"prepared_dir": str(tmp_path)}, "evaluate": {"n_way": 21}}
+    with pytest.raises(ParamsError, match=r"evaluate.n_way = 21: larger than .*'Angelic', 20 characters"):
+        validate_params(raw)
+    raw["evaluate"]["n_way"] = 20
+    validate_params(raw)
+
+
+def test_n_way_is_checked_against_the_prepared_test_set(tmp_path):
+    summary = {"test": {"smallest_alphabet": {"name": "Eval0", "characters": 5}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    raw = {"data": {"prepared_dir": str(tmp_path)}, "evaluate": {"n_way": 6}}
+    with pytest.raises(ParamsError, match=r"params.yaml: evaluate.n_way = 6: .*'Eval0', 5 characters"):
+        validate_params(raw)
+    raw["evaluate"]["n_way"] = 5
+    validate_params(raw)
 
 
 def test_unreadable_yaml_is_one_line(tmp_path):

@@ -1,7 +1,6 @@
 """The DVC pipeline end to end, in a temporary copy of the repo with synthetic zips and tiny params."""
 
-import os
-import shutil
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,19 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from synthetic import make_raw_dir
-
-REPO = Path(__file__).resolve().parents[1]
-TRACKED = ["dvc.yaml", "params.yaml", "stages", "tripletml", ".gitignore"]
+from repo_copy import make_repo, run_ok, stage_env
 
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd, cwd, **kw):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", "PYTHONPATH": str(cwd)}
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=900, **kw)
-    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res
+_run = run_ok
 
 
 def _ran(stdout: str) -> set[str]:
@@ -30,23 +22,7 @@ def _ran(stdout: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    work = tmp_path_factory.mktemp("pipeline")
-    for name in TRACKED:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy(src, work / name)
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-    subprocess.run(["dvc", "init", "-q"], cwd=work, check=True)
-    make_raw_dir(work / "data" / "raw")
-    p = yaml.safe_load((work / "params.yaml").read_text())
-    p["data"].update(validation_alphabets=2)
-    p["model"].update(filters=8, embedding_dim=16)
-    p["train"].update(loops=2, steps_per_loop=3, batch_size=8, val_tasks=10, n_way=5, precision="float32")
-    p["strategies"]["hard"].update(refresh_every=0, warmup_loops=0)
-    p["evaluate"].update(tasks=40, assignment_tasks=10, n_way=5)
-    (work / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    work = make_repo(tmp_path_factory.mktemp("pipeline"))
     first = _run(["dvc", "repro"], work)
     # `dvc exp run` needs a commit to branch experiments from
     subprocess.run(["git", "add", "-A"], cwd=work, check=True)
@@ -64,6 +40,8 @@ def test_repro_runs_every_stage_and_leaves_status_clean(repo):
                 "within_acc20", "best_loop", "train_seconds", "seconds_per_step"]:
         assert col in table.columns
     assert list(table.strategy) == ["random", "hard"]
+    summary = json.loads((work / "data" / "prepared" / "summary.json").read_text())
+    assert summary["test"]["smallest_alphabet"] == {"name": "Eval0", "characters": 5}  # synthetic: 5, 6, 5
     assert "McNemar" in (work / "reports" / "comparison.md").read_text()
     for png in ["accuracy.png", "tasks.png", "hard_triplets.png"]:
         assert (work / "reports" / png).read_bytes()[:4] == b"\x89PNG"
@@ -118,7 +96,7 @@ def test_bad_params_fail_before_any_work(repo, tmp_path):
     p["train"]["lerning_rate"] = 0.1
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(p))
-    env = {**os.environ, "TRIPLETML_PARAMS": str(bad)}
+    env = stage_env(work, TRIPLETML_PARAMS=str(bad))
     res = subprocess.run([sys.executable, "stages/train.py", "--strategy", "hard"], cwd=work, env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1

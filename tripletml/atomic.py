@@ -19,6 +19,13 @@ class OutputError(OSError):
     """An output could not be written (unwritable folder, disk full, ...)."""
 
 
+def _reason(exc: OSError) -> str:
+    """The OS's words for a failed write ("No space left on device"), without nesting ours."""
+    if isinstance(exc, OutputError):
+        return str(exc).rpartition(": ")[2]
+    return exc.strerror or str(exc)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
@@ -38,17 +45,40 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise OutputError(f"cannot write {path}: {_reason(exc)}") from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise OutputError(f"cannot write {path}: {_reason(exc)}") from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for several files that belong together (a data set's splits).
+
+    Every target is replaced only once all of them are written: a failure while
+    writing any one leaves every old file in place.
+    """
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(p)) for p in paths]
+
+
+def ensure_writable(*folders: str | os.PathLike) -> None:
+    """Fail before any work if an output folder cannot be created or written to."""
+    for folder in map(Path, folders):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise OutputError(f"cannot write to output folder {folder}: {_reason(exc)}") from exc
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -314,8 +314,12 @@ def load_prepared(path: str | os.PathLike) -> OmniglotSet:
 
 
 def summarize(data: OmniglotSet) -> dict:
+    sizes = {name: hi - lo for name, (lo, hi) in data.c.items()}
+    smallest = min(sizes, key=sizes.get) if sizes else None
     return {
         "alphabets": len(data.c),
         "characters": data.n_characters,
         "drawings_per_character": int(data.X.shape[1]),
+        # params validation checks evaluate.n_way against it before any stage works
+        "smallest_alphabet": {"name": smallest, "characters": sizes.get(smallest, 0)},
     }

@@ -19,6 +19,9 @@ STRATEGIES = ("random", "hard", "batch_all", "batch_hard", "semi_hard")
 TRIPLET_STRATEGIES = ("random", "hard")  # the assignment's offline selection
 ONLINE_STRATEGIES = ("batch_all", "batch_hard", "semi_hard")  # P x K batches + batch losses
 ARCHS = ("convnet", "schroff", "hoffer", "practical", "custom")
+# The official evaluation set's smallest alphabet: what within-alphabet tasks are checked
+# against until `prepare` has written the prepared set's own summary.json.
+OMNIGLOT_SMALLEST_EVALUATION_ALPHABET = ("Angelic", 20)
 
 
 class ParamsError(ValueError):
@@ -177,10 +180,27 @@ def _cross_checks(p: Params, source: str) -> None:
         )
     if p.train.distribute != "none":  # reserved for tf.distribute; refuse rather than ignore it
         raise ParamsError(f"{source}: train.distribute = {p.train.distribute!r}: not implemented yet (use 'none')")
+    alphabet, size = smallest_evaluation_alphabet(p.data.prepared_dir)
+    if p.evaluate.n_way > size:
+        raise ParamsError(
+            f"{source}: evaluate.n_way = {p.evaluate.n_way}: larger than the smallest alphabet the within-alphabet "
+            f"evaluation draws from ({alphabet!r}, {size} characters)"
+        )
     for name in list(p.strategies) + p.extra_strategies:
         s = p.strategy(name)
         if name in TRIPLET_STRATEGIES and s["warmup_loops"] >= s["loops"]:
             raise ParamsError(f"{source}: strategies.{name}.warmup_loops = {s['warmup_loops']}: must be below loops ({s['loops']})")
+
+
+def smallest_evaluation_alphabet(prepared_dir: str | os.PathLike) -> tuple[str, int]:
+    """(name, characters) of the test set's smallest alphabet: from prepare's summary, else Omniglot's."""
+    import json
+
+    try:
+        found = json.loads((Path(prepared_dir) / "summary.json").read_text(encoding="utf-8"))["test"]["smallest_alphabet"]
+        return str(found["name"]), int(found["characters"])
+    except (OSError, ValueError, KeyError, TypeError):  # not prepared yet, or an older summary
+        return OMNIGLOT_SMALLEST_EVALUATION_ALPHABET
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:

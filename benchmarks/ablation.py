@@ -1,0 +1,116 @@
+"""Ablation runs: one training run per lever, scored on the validation alphabets only.
+
+    python benchmarks/ablation.py --strategy hard --label "margin 0.5" -S train.margin=0.5
+
+Starts from ``params.yaml`` (or ``--params``), applies each ``-S dotted.key=value``
+(YAML values, as ``dvc exp run -S`` takes them), validates the result with the same
+schema as the pipeline, trains one strategy on the prepared training alphabets and
+scores 20-way tasks on the validation alphabets after every loop. The evaluation
+alphabets are not loaded: nothing here can be tuned on them.
+
+Appends one row to ``--out`` (default ``docs/ablation.csv``): the label, strategy,
+overrides, best and last validation accuracy, the best loop, seconds per step and the
+total training seconds, plus the git commit, so every figure in docs/results.md's
+ablation table names the command that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from tripletml.atomic import atomic_path  # noqa: E402
+from tripletml.data import load_prepared  # noqa: E402
+from tripletml.params import Params, ParamsError, validate_params  # noqa: E402
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``["train.margin=0.5", ...]`` applied to a copy of a params mapping."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ParamsError(f"-S {item!r}: expected dotted.key=value")
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if node is None:
+                node = {}
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--strategy", default="hard")
+    ap.add_argument("--label", required=True)
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--val-tasks", type=int, default=1000, help="20-way validation tasks per loop (default 1000)")
+    ap.add_argument("--out", default="docs/ablation.csv")
+    args = ap.parse_args()
+
+    raw = yaml.safe_load(Path(args.params).read_text(encoding="utf-8")) or {}
+    raw = apply_overrides(raw, args.overrides + [f"train.val_tasks={args.val_tasks}"])
+    params: Params = validate_params(raw, f"{args.params} with {' '.join(args.overrides) or 'no overrides'}")
+    settings = params.strategy(args.strategy)
+    prepared = Path(params.data.prepared_dir)
+    train_set, val_set = (load_prepared(prepared / f"{s}.npz") for s in ("train", "val"))
+    if train_set.X.shape[-1] != params.data.image_size:
+        raise ParamsError(
+            f"{prepared}/train.npz holds {train_set.X.shape[-1]} px images but data.image_size = {params.data.image_size}: "
+            "run `dvc repro prepare` with that size first"
+        )
+
+    from tripletml.training import train
+
+    def on_loop(r) -> None:
+        print(f"{args.label}: loop {r.loop} loss {r.loss:.4f} val_acc20 {r.val_acc20:.1f} ({r.loop_seconds:.0f} s)", flush=True)
+
+    result = train(settings, params.model.model_dump(), train_set, val_set, None, on_loop=on_loop)
+    row = {
+        "label": args.label,
+        "strategy": args.strategy,
+        "overrides": " ".join(args.overrides),
+        "best_val_acc20": round(result.best_val_acc20, 2),
+        "last_val_acc20": round(result.history[-1].val_acc20, 2),
+        "best_loop": result.best_loop,
+        "loops": settings["loops"],
+        "steps": result.steps,
+        "seconds_per_step": round(result.seconds_per_step, 4),
+        "train_seconds": round(result.train_seconds, 1),
+        "val_tasks": args.val_tasks,
+        "commit": git_commit(),
+    }
+    out = Path(args.out)
+    table = pd.read_csv(out) if out.is_file() else pd.DataFrame()
+    table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False)
+    print(f"{args.label}: best val_acc20 {row['best_val_acc20']} (loop {row['best_loop']}), {row['seconds_per_step']} s/step")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,131 @@
+"""Failures driven for real on stage subprocesses: SIGKILL mid-loop, a full disk, an unwritable folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from repo_copy import make_repo, run_ok, stage_env
+from synthetic import glyph
+
+pytestmark = pytest.mark.slow
+
+LOOPS = 4
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    # Loops long enough (about a second each) to land a kill in the middle of one.
+    work = make_repo(tmp_path_factory.mktemp("resilience"), train={"loops": LOOPS, "steps_per_loop": 300})
+    run_ok(["dvc", "repro", "prepare"], work)
+    return work
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
+
+
+def _embed_probe(model_dir: Path) -> np.ndarray:
+    from tripletml import load_embedder
+
+    raw = np.stack([glyph(seed, 0) for seed in range(16)])
+    return load_embedder(model_dir).embed(raw)
+
+
+def test_sigkill_mid_loop_then_dvc_repro_resumes_the_same_run(repo: Path) -> None:
+    state_file = repo / "checkpoints" / "random" / "state.json"
+    proc = subprocess.Popen(
+        ["dvc", "repro", "train_random"], cwd=repo, env=stage_env(repo),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not state_file.is_file():  # written atomically at the end of loop 1
+        assert proc.poll() is None, "the stage ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    loop_seconds = json.loads(state_file.read_text())["history"][0]["loop_seconds"]
+    time.sleep(0.4 * loop_seconds)  # well inside loop 2
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage under it
+    proc.wait()
+    killed = json.loads(state_file.read_text())
+    assert killed["next_loop"] == 1, "the kill landed in the middle of loop 2"
+    assert not (repo / "models" / "random" / "embedding.keras").exists()
+
+    out = run_ok(["dvc", "repro", "train_random"], repo).stdout
+    assert "resuming random after loop 1" in out
+    assert not (repo / "checkpoints" / "random").exists(), "a finished stage leaves no checkpoint behind"
+    history = json.loads((repo / "metrics" / "train" / "random.json").read_text())
+    assert history["loops"] == LOOPS
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    exp = client.get_experiment_by_name("tripletml")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "train_random"]
+    assert len(runs) == 1, "the resumed stage continues the killed stage's MLflow run"
+    for key in ("loss", "val_acc20", "test_acc20", "loop_seconds"):
+        steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, key)]
+        assert sorted(steps) == list(range(1, LOOPS + 1)), (key, steps)
+
+    # The same model as an uninterrupted run (its own MLflow store; no checkpoint to resume).
+    resumed = _embed_probe(repo / "models" / "random")
+    run_ok([sys.executable, "stages/train.py", "--strategy", "random"], repo,
+           env=stage_env(repo, MLFLOW_TRACKING_URI=f"sqlite:///{repo}/uninterrupted.db"))
+    uninterrupted = _embed_probe(repo / "models" / "random")
+    np.testing.assert_allclose(resumed, uninterrupted, rtol=1e-4, atol=1e-5)
+
+
+def _file_size_limit(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_disk_full_while_preparing_keeps_the_old_data(repo: Path) -> None:
+    folder = repo / "data" / "prepared"
+    before = _snapshot(folder)
+    assert before["train.npz"] and len(before["train.npz"]) > 100_000
+    res = subprocess.run(
+        [sys.executable, "stages/prepare.py"], cwd=repo, env=stage_env(repo), capture_output=True, text=True,
+        timeout=300, preexec_fn=_file_size_limit(100_000),  # the OS refuses to grow any file past 100 kB
+    )
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == "error: cannot write data/prepared/train.npz: File too large", res.stderr
+    assert _snapshot(folder) == before, "old files intact, no temporary file left"
+
+
+@pytest.mark.parametrize(
+    "cmd, folder",
+    [(["stages/prepare.py"], "data/prepared"), (["stages/train.py", "--strategy", "hard"], "metrics/history")],
+)
+def test_unwritable_output_folder_fails_before_any_work(repo: Path, cmd: list[str], folder: str) -> None:
+    out = repo / folder
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "earlier.txt").write_text("an earlier output")
+    before = _snapshot(out)
+    argv = [sys.executable, *cmd]
+    if os.geteuid() == 0:  # root writes through permissions: run without that capability
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and setpriv is missing")
+        argv = ["setpriv", "--bounding-set", "-dac_override", *argv]
+    out.chmod(0o555)
+    try:
+        res = subprocess.run(argv, cwd=repo, env=stage_env(repo), capture_output=True, text=True, timeout=300)
+    finally:
+        out.chmod(0o755)
+    assert res.returncode == 1
+    # TensorFlow may log to stderr first; the stage's own error is one last line
+    assert res.stderr.strip().splitlines()[-1] == f"error: cannot write to output folder {folder}: Permission denied", res.stderr
+    assert _snapshot(out) == before
+    assert not (repo / "checkpoints" / "hard" / "state.json").exists(), "no training happened"
