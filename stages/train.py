@@ -18,6 +18,7 @@ import pandas as pd
 from tripletml import tracking
 from tripletml.atomic import atomic_path, ensure_writable, write_json
 from tripletml.data import load_prepared
+from tripletml.distribute import is_chief
 from tripletml.embedder import save_embedder
 from tripletml.params import STRATEGIES
 
@@ -31,16 +32,33 @@ def main() -> None:
     prepared = Path(params.data.prepared_dir)
     train_set, val_set, test_set = (load_prepared(prepared / f"{s}.npz") for s in ("train", "val", "test"))
     checkpoints, model_dir = Path("checkpoints") / name, Path("models") / name
-    ensure_writable(checkpoints, model_dir, "metrics/train", "metrics/history")
-    uri = tracking.default_tracking_uri()
-    tracking.check_reachable(uri)  # fail fast, before any training
+    # Under multi_worker only the chief writes anything (TF_CONFIG says who is chief).
+    chief = settings["distribute"] != "multi_worker" or is_chief()
+    if chief:
+        ensure_writable(checkpoints, model_dir, "metrics/train", "metrics/history")
+        uri = tracking.default_tracking_uri()
+        tracking.check_reachable(uri)  # fail fast, before any training
 
-    from tripletml.training import Trainer  # TensorFlow loads only once the inputs are known good
+    from tripletml.distribute import make_distribution
+    from tripletml.training import Trainer  # TensorFlow runs only once the inputs are known good
 
-    trainer = Trainer(settings, params.model.model_dump(), train_set, val_set, test_set)
-    resumed = trainer.load_checkpoint(checkpoints)
+    distribution = make_distribution(settings["distribute"], settings["cpu_replicas"])  # before other TF work
+    trainer = Trainer(settings, params.model.model_dump(), train_set, val_set, test_set, distribution)
+    resumed = trainer.load_checkpoint(checkpoints)  # other workers read the chief's, on shared storage
     if resumed:
         print(f"resuming {name} after loop {trainer.start_loop}")
+
+    def show(record) -> None:
+        print(
+            f"{name} loop {record.loop}/{settings['loops']} ({record.phase}): loss {record.loss:.4f} "
+            f"val_acc20 {record.val_acc20:.1f} test_acc20 {record.test_acc20:.1f} ({record.loop_seconds:.0f} s)",
+            flush=True,
+        )
+
+    if not chief:  # a worker trains in lockstep with the chief and writes nothing
+        result = trainer.run(show)
+        print(f"{name}: worker finished; weights sha256 {result.weights_digest()}")
+        return
     logger = tracking.RunLogger.start(
         uri,
         run_name=f"train_{name}",
@@ -61,11 +79,7 @@ def main() -> None:
         if record.test_acc20 is not None:
             metrics["test_acc20"] = record.test_acc20
         logger.log_metrics(metrics, step=record.loop)
-        print(
-            f"{name} loop {record.loop}/{settings['loops']} ({record.phase}): loss {record.loss:.4f} "
-            f"val_acc20 {record.val_acc20:.1f} test_acc20 {record.test_acc20:.1f} ({record.loop_seconds:.0f} s)",
-            flush=True,
-        )
+        show(record)
 
     result = trainer.run(on_loop, checkpoints, progress=True)
 
@@ -98,6 +112,7 @@ def main() -> None:
     logger.close()
     shutil.rmtree(checkpoints, ignore_errors=True)  # a finished stage leaves no checkpoint litter
     print(f"{name}: best loop {result.best_loop}, val_acc20 {result.best_val_acc20:.1f}, {result.train_seconds:.0f} s")
+    print(f"{name}: weights sha256 {result.weights_digest()}")
 
 
 if __name__ == "__main__":

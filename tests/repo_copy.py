@@ -27,6 +27,7 @@ def run_ok(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
 
 def make_repo(work: Path, train: dict | None = None, strategies: dict | None = None) -> Path:
     """Copy the project into ``work`` as a git + DVC repo with synthetic zips and tiny params."""
+    work.mkdir(parents=True, exist_ok=True)
     for name in TRACKED:
         src = REPO / name
         if src.is_dir():

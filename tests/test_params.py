@@ -41,7 +41,8 @@ def test_strategy_overrides_fall_back_to_train():
         ({"extra_strategies": ["hardest"]}, "unknown strategy 'hardest'"),
         ({"data": {"image_size": 28}, "model": {"arch": "schroff"}}, "data.image_size = 28: too small for model.arch 'schroff' (needs >= 38)"),
         ({"strategies": {"hard": {"warmup_loops": 10}}}, "strategies.hard.warmup_loops = 10: must be below loops"),
-        ({"train": {"distribute": "mirrored"}}, "train.distribute = 'mirrored': not implemented yet"),
+        ({"train": {"distribute": "spark"}}, "train.distribute = 'spark'"),
+        ({"train": {"cpu_replicas": 0}}, "train.cpu_replicas = 0"),
     ],
 )
 def test_bad_values_name_the_key_and_value(raw, expected):

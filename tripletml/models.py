@@ -88,7 +88,7 @@ class UnfoldTriplets(keras.layers.Layer):
 # Builders.
 
 
-def _make_layer(op: tuple, name: str) -> keras.layers.Layer:
+def _make_layer(op: tuple, name: str, sync_batchnorm: bool = False) -> keras.layers.Layer:
     kind = op[0]
     if kind == "conv":
         _, filters, k, stride, padding, l2, activation = op
@@ -102,7 +102,8 @@ def _make_layer(op: tuple, name: str) -> keras.layers.Layer:
     if kind == "pool":
         return layers.MaxPooling2D(name=name)
     if kind == "bn":
-        return layers.BatchNormalization(name=name)
+        # synchronized: under tf.distribute, statistics over the global batch, as on one device
+        return layers.BatchNormalization(synchronized=sync_batchnorm, name=name)
     if kind == "relu":
         return layers.ReLU(name=name)
     if kind == "dropout":
@@ -132,6 +133,7 @@ def build_embedding(
     embedding_dim: int | None = None,
     l2_normalize: bool | None = None,
     name: str | None = None,
+    sync_batchnorm: bool = False,
     **options,
 ) -> keras.Model:
     """Embedding network ``arch`` for (batch, S, S, 1) float32 images -> (batch, D).
@@ -141,6 +143,7 @@ def build_embedding(
     unit-norm layer on or off (None: the arch's default). ``options`` are
     arch-specific (convnet: ``filters``, ``blocks``, ``dropout``); a None option
     means the default, an option the arch doesn't take is a ValueError.
+    ``sync_batchnorm`` makes BatchNorm use the global batch's statistics under tf.distribute.
     """
     image_size = _check_size(image_size)
     spec = _spec(arch, embedding_dim, options)
@@ -160,7 +163,7 @@ def build_embedding(
     counts: dict[str, int] = {}
     for op in spec:
         counts[op[0]] = counts.get(op[0], 0) + 1
-        x = _make_layer(op, f"{op[0]}{counts[op[0]]}")(x)
+        x = _make_layer(op, f"{op[0]}{counts[op[0]]}", sync_batchnorm)(x)
     return keras.Model(inputs, x, name=name or f"{arch}_embedding")
 
 

@@ -83,6 +83,7 @@ class TrainParams(_Strict):
     val_tasks: int = Field(500, ge=1)  # 20-way tasks scored after each loop
     n_way: int = Field(20, ge=2)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    cpu_replicas: int = Field(2, ge=1)  # mirrored without a GPU: logical CPU devices to mirror over
     precision: Literal["float32", "mixed_bfloat16"] = "float32"
 
 
@@ -178,8 +179,6 @@ def _cross_checks(p: Params, source: str) -> None:
         raise ParamsError(
             f"{source}: data.image_size = {p.data.image_size}: too small for model.arch {p.model.arch!r} (needs >= {need})"
         )
-    if p.train.distribute != "none":  # reserved for tf.distribute; refuse rather than ignore it
-        raise ParamsError(f"{source}: train.distribute = {p.train.distribute!r}: not implemented yet (use 'none')")
     alphabet, size = smallest_evaluation_alphabet(p.data.prepared_dir)
     if p.evaluate.n_way > size:
         raise ParamsError(

@@ -9,6 +9,8 @@ with at most one loop lost.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import time
@@ -23,9 +25,11 @@ import tensorflow as tf
 from tripletml import oneshot
 from tripletml.atomic import atomic_path, write_json
 from tripletml.data import OmniglotSet
+from tripletml.distribute import replicas, split_batch
 from tripletml.errors import TrainingError
 from tripletml.losses import TripletLoss, collapse_reason, get_loss
 from tripletml.models import build_embedding, build_triplet_network
+from tripletml.params import ONLINE_STRATEGIES, ParamsError
 from tripletml.selection import Batch, RandomTriplets, augment_rotations, make_strategy
 
 CHECKPOINT_STATE = "state.json"
@@ -61,6 +65,13 @@ class TrainResult:
     @property
     def seconds_per_step(self) -> float:
         return self.train_seconds / max(self.steps, 1)
+
+    def weights_digest(self) -> str:
+        """sha256 of the chosen weights: equal on every worker of a distributed run."""
+        h = hashlib.sha256()
+        for w in self.embedding.get_weights():
+            h.update(np.ascontiguousarray(w).tobytes())
+        return h.hexdigest()
 
 
 def make_embed_fn(embedding: keras.Model, batch_size: int = 2048) -> Callable[[np.ndarray], np.ndarray]:
@@ -105,12 +116,27 @@ def make_augmenter(strength: float, seed: int) -> keras.Sequential | None:
 
 
 class _Stepper:
-    """A compiled train step for one (model, loss) pair."""
+    """A compiled train step for one (model, loss) pair, on one device or under a tf.distribute strategy."""
 
-    def __init__(self, model: keras.Model, loss_fn: Callable, optimizer, augmenter, image_shape):
-        self.model, self.loss_fn, self.optimizer, self.augmenter = model, loss_fn, optimizer, augmenter
+    def __init__(self, model: keras.Model, loss_fn: Callable, optimizer, augmenter, image_shape, distribution=None):
+        self.model, self.optimizer, self.augmenter = model, optimizer, augmenter
+        if isinstance(loss_fn, keras.losses.Loss):
+            # A Keras Loss divides by the replica count on its own under tf.distribute; take the
+            # plain batch mean so that the one explicit scaling below is the only one.
+            keras_loss = loss_fn
+            loss_fn = lambda y, pred: tf.reduce_mean(keras_loss.call(y, pred))  # noqa: E731
+        self.loss_fn = loss_fn
         self.image_shape = image_shape
-        self._step = tf.function(self._train_step, reduce_retracing=True)
+        self.distribution = distribution
+        # Each replica's mean loss is scaled by 1/R: the summed gradients are the global batch's mean.
+        self.scale = 1.0 / replicas(distribution)
+        step = self._train_step if distribution is None else self._distributed_step
+        self._step = tf.function(step, reduce_retracing=True)
+
+    def _distributed_step(self, x, y):
+        loss, pred = self.distribution.run(self._train_step, args=(x, y))
+        total = self.distribution.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        return total, self.distribution.gather(pred, axis=0)  # the global batch's embeddings, in order
 
     def _train_step(self, x, y):
         if self.augmenter is not None:
@@ -121,13 +147,17 @@ class _Stepper:
             loss = self.loss_fn(y, pred)
             if self.model.losses:  # kernel regularisers of the assignment's archs
                 loss = loss + tf.add_n(self.model.losses)
+            loss = loss * self.scale
         grads = tape.gradient(loss, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return loss, pred
 
     def __call__(self, batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
         """One step; returns the loss and the batch's embeddings (for strategies that observe them)."""
-        return self._step(tf.constant(batch.x, tf.float32), tf.constant(batch.y, tf.int32))
+        x, y = np.asarray(batch.x, np.float32), np.asarray(batch.y, np.int32)
+        if self.distribution is None:
+            return self._step(tf.constant(x), tf.constant(y))
+        return self._step(*split_batch(self.distribution, x, y))
 
 
 class Trainer:
@@ -140,8 +170,11 @@ class Trainer:
         train_set: OmniglotSet,
         val_set: OmniglotSet,
         test_set: OmniglotSet | None = None,
+        distribution: tf.distribute.Strategy | None = None,
     ):
         self.s = settings
+        self.distribution = distribution
+        _check_replica_split(settings, replicas(distribution))
         self.name = settings["strategy"]
         seed = int(settings["seed"])
         keras.utils.set_random_seed(seed)  # same seed -> same initial weights for every strategy
@@ -151,7 +184,30 @@ class Trainer:
         options = {k: v for k, v in model_params.items() if k not in ("arch", "embedding_dim")}
         if model_params["arch"] != "convnet":
             options = {}
-        self.embedding = build_embedding(model_params["arch"], self.image_size, model_params.get("embedding_dim"), **options)
+        scope = distribution.scope() if distribution is not None else contextlib.nullcontext()
+        with scope:  # variables (weights, optimizer slots) become mirrored under a strategy
+            self._build(settings, model_params, options, train_set, seed)
+        # The same tasks for every loop and every strategy: seeded apart from training.
+        n_way, k = settings["n_way"], settings["val_tasks"]
+        self.val_set, self.test_set = val_set, test_set
+        self.val_tasks = oneshot.sample_tasks(val_set.c, val_set.n_characters, n_way, k, np.random.default_rng([seed, 1]))
+        self.test_tasks = (
+            oneshot.sample_tasks(test_set.c, test_set.n_characters, n_way, k, np.random.default_rng([seed, 2]))
+            if test_set is not None
+            else None
+        )
+        self.history: list[LoopRecord] = []
+        self.best_loop, self.best_val = -1, -math.inf
+        self.best_weights: list[np.ndarray] | None = None
+        self.train_seconds = 0.0
+        self.start_loop = 0
+        self.extra: dict = {}
+
+    def _build(self, settings: dict, model_params: dict, options: dict, train_set: OmniglotSet, seed: int) -> None:
+        dist = self.distribution
+        self.embedding = build_embedding(
+            model_params["arch"], self.image_size, model_params.get("embedding_dim"), sync_batchnorm=dist is not None, **options
+        )
         self.embed = make_embed_fn(self.embedding)
         X = train_set.X
         if settings["augment"]["rotations"]:
@@ -169,25 +225,11 @@ class Trainer:
         triplet_loss = TripletLoss(margin=settings["margin"], soft=settings["soft_margin"], distance=settings["distance"])
         if self.strategy.uses_triplet_network or self.warmup:
             net = build_triplet_network(self.embedding, self.image_size)
-            self._steppers[True] = _Stepper(net, triplet_loss, self.optimizer, self.augmenter, image_shape)
+            self._steppers[True] = _Stepper(net, triplet_loss, self.optimizer, self.augmenter, image_shape, dist)
         if not self.strategy.uses_triplet_network:
             batch_loss = get_loss(self.name, margin=settings["margin"], soft=settings["soft_margin"], distance=settings["distance"])
-            self._steppers[False] = _Stepper(self.embedding, lambda y, e: batch_loss(e, y), self.optimizer, self.augmenter, image_shape)
-        # The same tasks for every loop and every strategy: seeded apart from training.
-        n_way, k = settings["n_way"], settings["val_tasks"]
-        self.val_set, self.test_set = val_set, test_set
-        self.val_tasks = oneshot.sample_tasks(val_set.c, val_set.n_characters, n_way, k, np.random.default_rng([seed, 1]))
-        self.test_tasks = (
-            oneshot.sample_tasks(test_set.c, test_set.n_characters, n_way, k, np.random.default_rng([seed, 2]))
-            if test_set is not None
-            else None
-        )
-        self.history: list[LoopRecord] = []
-        self.best_loop, self.best_val = -1, -math.inf
-        self.best_weights: list[np.ndarray] | None = None
-        self.train_seconds = 0.0
-        self.start_loop = 0
-        self.extra: dict = {}
+            loss_fn = lambda y, e: batch_loss(e, y)  # noqa: E731
+            self._steppers[False] = _Stepper(self.embedding, loss_fn, self.optimizer, self.augmenter, image_shape, dist)
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -319,6 +361,18 @@ class Trainer:
         self.embedding.set_weights(self.best_weights)
         return TrainResult(
             self.embedding, self.history, self.best_loop, self.best_val, self.train_seconds, self.total_steps, self.extra
+        )
+
+
+def _check_replica_split(settings: dict, n_replicas: int) -> None:
+    """Every replica gets whole triplets (or whole classes): the global batch must split evenly."""
+    if n_replicas == 1:
+        return
+    key = "classes_per_batch" if settings["strategy"] in ONLINE_STRATEGIES else "batch_size"
+    if settings[key] % n_replicas:
+        raise ParamsError(
+            f"strategies.{settings['strategy']}.{key} = {settings[key]}: must be a multiple of the "
+            f"{n_replicas} replicas of train.distribute = {settings.get('distribute')!r}"
         )
 
 
