@@ -13,8 +13,9 @@ from tripletml.params import Params, load_params  # noqa: E402
 PARAMS_FILE = os.environ.get("TRIPLETML_PARAMS", "params.yaml")
 
 
-def params() -> Params:
-    return load_params(PARAMS_FILE)
+def params(use_prepared: bool = True) -> Params:
+    """The validated params; the stages that (re)make the prepared set pass ``use_prepared=False``."""
+    return load_params(PARAMS_FILE, use_prepared)
 
 
 def run(main: Callable[[], None]) -> None:

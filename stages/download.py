@@ -8,7 +8,7 @@ from tripletml.download import ensure_raw_zips
 
 
 def main() -> None:
-    for name, path in ensure_raw_zips(common.params().data.raw_dir).items():
+    for name, path in ensure_raw_zips(common.params(use_prepared=False).data.raw_dir).items():
         print(f"{name}: {path}")
 
 

@@ -13,7 +13,7 @@ from tripletml.download import OFFICIAL_MD5, file_digest
 
 
 def main() -> None:
-    p = common.params().data
+    p = common.params(use_prepared=False).data
     zips = {name: Path(p.raw_dir) / name for name in OFFICIAL_MD5}
     out = Path(p.prepared_dir)
     ensure_writable(out)

@@ -158,19 +158,23 @@ def _format_error(err: dict, source: str) -> str:
     return f"{source}: {key} = {value!r}: {msg}"
 
 
-def validate_params(raw: dict, source: str = "params.yaml") -> Params:
-    """Validate a parsed params mapping; raise :class:`ParamsError` on the first problem."""
+def validate_params(raw: dict, source: str = "params.yaml", use_prepared: bool = True) -> Params:
+    """Validate a parsed params mapping; raise :class:`ParamsError` on the first problem.
+
+    ``use_prepared=False`` checks ``evaluate.n_way`` against the official evaluation set
+    rather than the prepared one (for the stages that make the prepared set).
+    """
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level")
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
         raise ParamsError(_format_error(exc.errors()[0], source)) from None
-    _cross_checks(params, source)
+    _cross_checks(params, source, use_prepared)
     return params
 
 
-def _cross_checks(p: Params, source: str) -> None:
+def _cross_checks(p: Params, source: str, use_prepared: bool = True) -> None:
     """Checks that span several keys, made before any work starts."""
     from tripletml.architectures import min_image_size  # pure Python: no TensorFlow at start-up
 
@@ -179,7 +183,7 @@ def _cross_checks(p: Params, source: str) -> None:
         raise ParamsError(
             f"{source}: data.image_size = {p.data.image_size}: too small for model.arch {p.model.arch!r} (needs >= {need})"
         )
-    alphabet, size = smallest_evaluation_alphabet(p.data.prepared_dir)
+    alphabet, size = smallest_evaluation_alphabet(p.data.prepared_dir if use_prepared else None)
     if p.evaluate.n_way > size:
         raise ParamsError(
             f"{source}: evaluate.n_way = {p.evaluate.n_way}: larger than the smallest alphabet the within-alphabet "
@@ -191,10 +195,12 @@ def _cross_checks(p: Params, source: str) -> None:
             raise ParamsError(f"{source}: strategies.{name}.warmup_loops = {s['warmup_loops']}: must be below loops ({s['loops']})")
 
 
-def smallest_evaluation_alphabet(prepared_dir: str | os.PathLike) -> tuple[str, int]:
+def smallest_evaluation_alphabet(prepared_dir: str | os.PathLike | None) -> tuple[str, int]:
     """(name, characters) of the test set's smallest alphabet: from prepare's summary, else Omniglot's."""
     import json
 
+    if prepared_dir is None:
+        return OMNIGLOT_SMALLEST_EVALUATION_ALPHABET
     try:
         found = json.loads((Path(prepared_dir) / "summary.json").read_text(encoding="utf-8"))["test"]["smallest_alphabet"]
         return str(found["name"]), int(found["characters"])
@@ -202,8 +208,8 @@ def smallest_evaluation_alphabet(prepared_dir: str | os.PathLike) -> tuple[str, 
         return OMNIGLOT_SMALLEST_EVALUATION_ALPHABET
 
 
-def load_params(path: str | os.PathLike = "params.yaml") -> Params:
-    """Read and validate a params file."""
+def load_params(path: str | os.PathLike = "params.yaml", use_prepared: bool = True) -> Params:
+    """Read and validate a params file (``use_prepared``: see :func:`validate_params`)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -211,4 +217,4 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
         raise ParamsError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
-    return validate_params(raw or {}, str(path))
+    return validate_params(raw or {}, str(path), use_prepared)
