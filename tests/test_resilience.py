@@ -129,3 +129,46 @@ def test_unwritable_output_folder_fails_before_any_work(repo: Path, cmd: list[st
     assert res.stderr.strip().splitlines()[-1] == f"error: cannot write to output folder {folder}: Permission denied", res.stderr
     assert _snapshot(out) == before
     assert not (repo / "checkpoints" / "hard" / "state.json").exists(), "no training happened"
+
+
+def test_tracking_server_lost_mid_stage_then_replayed(tmp_path: Path) -> None:
+    from test_tracking import Server, free_port
+
+    import mlflow
+
+    # Long loops (a few seconds each) so the server is surely down before the stage ends.
+    work = make_repo(tmp_path / "repo", train={"loops": 3, "steps_per_loop": 1500})
+    run_ok(["dvc", "repro", "prepare"], work)
+    server = Server(tmp_path, free_port())
+    server.start()
+    try:
+        state_file = work / "checkpoints" / "random" / "state.json"
+        proc = subprocess.Popen(
+            [sys.executable, "stages/train.py", "--strategy", "random"], cwd=work,
+            env=stage_env(work, MLFLOW_TRACKING_URI=server.uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 300
+        while not state_file.is_file():  # loop 1 is logged
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:] if proc.poll() else ""
+            time.sleep(0.05)
+        server.stop()
+        assert json.loads(state_file.read_text())["next_loop"] < 3, "the server went down mid-run"
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]  # training went on
+        assert json.loads((work / "metrics" / "train" / "random.json").read_text())["loops"] == 3
+        pending = work / ".mlflow_pending" / "train_random.jsonl"
+        assert pending.is_file() and pending.stat().st_size > 0
+
+        server.start()  # same port, same store
+        res = subprocess.run([sys.executable, "-m", "tripletml.tracking", "replay", str(pending)], cwd=work,
+                             env=stage_env(work, MLFLOW_TRACKING_URI=server.uri), capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert not pending.exists()
+        client = mlflow.MlflowClient(server.uri)
+        runs = client.search_runs([client.get_experiment_by_name("tripletml").experiment_id])
+        assert [r.info.run_name for r in runs] == ["train_random"]
+        for key in ("loss", "val_acc20", "test_acc20"):
+            assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, key)) == [1, 2, 3], key
+        assert client.get_run(runs[0].info.run_id).info.status == "FINISHED"
+    finally:
+        server.stop()

@@ -35,6 +35,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -873,3 +874,26 @@ __all__ = [
     "replay",
     "repo_root",
 ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tripletml.tracking replay FILE...``: send what an outage left behind."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tripletml.tracking", description=main.__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    rp = sub.add_parser("replay", help="send replay files (e.g. .mlflow_pending/*.jsonl) to the tracking store")
+    rp.add_argument("files", nargs="+", type=Path)
+    rp.add_argument("--uri", default=None, help="tracking URI (default: MLFLOW_TRACKING_URI, else the repo's mlflow.db)")
+    args = ap.parse_args(argv)
+    try:
+        for path in args.files:
+            print(f"{path}: {replay(path, args.uri)} record(s) sent")
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
