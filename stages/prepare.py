@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import common
 
 from tripletml import data
-from tripletml.atomic import atomic_paths, ensure_writable
+from tripletml.atomic import atomic_paths, ensure_writable, json_text
 from tripletml.download import OFFICIAL_MD5, file_digest
 
 
@@ -30,7 +29,7 @@ def main() -> None:
             summary[name] = data.summarize(raw)
         summary["val"]["names"] = val.alphabets
         summary["source"] = {f.name: {"sha256": file_digest(f, "sha256")} for f in zips.values()}
-        tmps[-1].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        tmps[-1].write_text(json_text(summary), encoding="utf-8")
     print(f"prepared {', '.join(f'{k}: {v.n_characters} characters' for k, v in splits.items())} at {p.image_size}px")
 
 

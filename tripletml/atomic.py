@@ -18,12 +18,14 @@ from typing import Any
 class OutputError(OSError):
     """An output could not be written (unwritable folder, disk full, ...)."""
 
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # the OS's words, e.g. "No space left on device"
+
 
 def _reason(exc: OSError) -> str:
-    """The OS's words for a failed write ("No space left on device"), without nesting ours."""
-    if isinstance(exc, OutputError):
-        return str(exc).rpartition(": ")[2]
-    return exc.strerror or str(exc)
+    """The OS's words for a failed write, without nesting an inner OutputError's message."""
+    return exc.reason if isinstance(exc, OutputError) else exc.strerror or str(exc)
 
 
 @contextlib.contextmanager
@@ -45,14 +47,14 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {_reason(exc)}") from exc
+        raise OutputError(f"cannot write {path}: {_reason(exc)}", _reason(exc)) from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {_reason(exc)}") from exc
+        raise OutputError(f"cannot write {path}: {_reason(exc)}", _reason(exc)) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -78,7 +80,7 @@ def ensure_writable(*folders: str | os.PathLike) -> None:
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            raise OutputError(f"cannot write to output folder {folder}: {_reason(exc)}") from exc
+            raise OutputError(f"cannot write to output folder {folder}: {_reason(exc)}", _reason(exc)) from exc
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -87,6 +89,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_text(obj: Any) -> str:
+    """The JSON layout of every file the stages write: indented, keys in insertion order."""
+    return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text(path, json_text(obj))
