@@ -12,7 +12,7 @@ from pathlib import Path
 import common
 import numpy as np
 
-from tripletml import oneshot, tracking
+from tripletml import oneshot, tracking, tta
 from tripletml.atomic import atomic_path, ensure_writable, write_json
 from tripletml.data import DataError, load_prepared
 
@@ -49,7 +49,8 @@ def main() -> None:
     metrics = {}
     for s in names:
         embedder = load_embedder(model_dirs[s])
-        table = oneshot.embed_set(embedder.embed_prepared, test.X)  # every test image once
+        embed = tta.shift_averaged(embedder.embed_prepared, e.tta_shift)
+        table = oneshot.embed_set(embed, test.X, batch_size=max(1, 1024 // (2 * e.tta_shift + 1) ** 2))  # every test image once
         row = {}
         for key, tasks in task_sets.items():
             pred = oneshot.predict_tasks(table, tasks)

@@ -49,6 +49,7 @@ def main() -> None:
         "model": p.model.arch,
         "training time": f"{sum(t['train_seconds'] for t in train.values()):.0f} s",
         "tasks": f"{p.evaluate.tasks} x {p.evaluate.n_way}-way",
+        "test-time shifts": f"up to {p.evaluate.tta_shift} px" if p.evaluate.tta_shift else "none",
     }
     written = report.write_report(OUT, table, tests, context, figures)
     print(written["md"].read_text())

@@ -43,6 +43,8 @@ def test_strategy_overrides_fall_back_to_train():
         ({"strategies": {"hard": {"warmup_loops": 10}}}, "strategies.hard.warmup_loops = 10: must be below loops"),
         ({"train": {"distribute": "spark"}}, "train.distribute = 'spark'"),
         ({"train": {"cpu_replicas": 0}}, "train.cpu_replicas = 0"),
+        ({"evaluate": {"tta_shift": -1}}, "evaluate.tta_shift = -1"),
+        ({"data": {"image_size": 28}, "evaluate": {"tta_shift": 14}}, "evaluate.tta_shift = 14: shifts must stay below half of data.image_size (28)"),
     ],
 )
 def test_bad_values_name_the_key_and_value(raw, expected):

@@ -92,6 +92,7 @@ class EvaluateParams(_Strict):
     assignment_tasks: int = Field(250, ge=1)
     n_way: int = Field(20, ge=2)
     seed: int = 1234
+    tta_shift: int = Field(0, ge=0)  # test-time shift averaging radius in pixels (tripletml/tta.py); 0: off
 
 
 class Params(_Strict):
@@ -182,6 +183,10 @@ def _cross_checks(p: Params, source: str, use_prepared: bool = True) -> None:
     if p.data.image_size < need:
         raise ParamsError(
             f"{source}: data.image_size = {p.data.image_size}: too small for model.arch {p.model.arch!r} (needs >= {need})"
+        )
+    if 2 * p.evaluate.tta_shift >= p.data.image_size:
+        raise ParamsError(
+            f"{source}: evaluate.tta_shift = {p.evaluate.tta_shift}: shifts must stay below half of data.image_size ({p.data.image_size})"
         )
     alphabet, size = smallest_evaluation_alphabet(p.data.prepared_dir if use_prepared else None)
     if p.evaluate.n_way > size:
