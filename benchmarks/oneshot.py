@@ -113,7 +113,7 @@ def main() -> None:
 
     tasks = sample_tasks(None, X.shape[0], args.N, args.tasks, args.seed, n_drawings=X.shape[1])
     n_used = len(tasks.used_pairs(X.shape[1]))
-    from tripletml.training import make_embed_fn
+    from tripletml.embedder import make_embed_fn
 
     fast_embed = make_embed_fn(model, args.batch_size)  # what evaluation uses: one compiled graph
     course_embed = predictor(model, args.N)  # course: model.predict on the N-image arrays

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import tripletml.models  # noqa: F401  (registers the custom layers for loading)
 from tripletml.atomic import atomic_path, write_json
@@ -23,6 +25,24 @@ META_FILE = "meta.json"
 POLARITY = "input: raw PNG values, 1 = paper, 0 = ink; model: float32 in [0, 1], 1 = ink, area-averaged"
 
 
+def make_embed_fn(embedding: keras.Model, batch_size: int = 2048) -> Callable[[np.ndarray], np.ndarray]:
+    """A numpy -> numpy embed function: one compiled graph, batched, inference mode."""
+    shape = tuple(embedding.input_shape[1:])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)], reduce_retracing=True)
+    def _embed(x):
+        return tf.cast(embedding(x, training=False), tf.float32)
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim == len(shape):  # (n, S, S) -> (n, S, S, 1)
+            images = images[..., None]
+        out = [_embed(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, embedding.output_shape[-1]), np.float32)
+
+    return embed
+
+
 class Embedder:
     """A trained embedding network with the preprocessing it was trained with."""
 
@@ -30,8 +50,6 @@ class Embedder:
         self.model = model
         self.meta = meta
         self.image_size = int(meta["image_size"])
-        from tripletml.training import make_embed_fn  # local: keeps import order simple
-
         self._embed = make_embed_fn(model)
 
     def embed_prepared(self, images: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ from tripletml import oneshot
 from tripletml.atomic import atomic_path, write_json
 from tripletml.data import OmniglotSet
 from tripletml.distribute import replicas, split_batch
+from tripletml.embedder import make_embed_fn
 from tripletml.errors import TrainingError
 from tripletml.losses import TripletLoss, collapse_reason, get_loss
 from tripletml.models import build_embedding, build_triplet_network
@@ -72,24 +73,6 @@ class TrainResult:
         for w in self.embedding.get_weights():
             h.update(np.ascontiguousarray(w).tobytes())
         return h.hexdigest()
-
-
-def make_embed_fn(embedding: keras.Model, batch_size: int = 2048) -> Callable[[np.ndarray], np.ndarray]:
-    """A numpy -> numpy embed function: one compiled graph, batched, inference mode."""
-    shape = tuple(embedding.input_shape[1:])
-
-    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)], reduce_retracing=True)
-    def _embed(x):
-        return tf.cast(embedding(x, training=False), tf.float32)
-
-    def embed(images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim == len(shape):  # (n, S, S) -> (n, S, S, 1)
-            images = images[..., None]
-        out = [_embed(images[i : i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, embedding.output_shape[-1]), np.float32)
-
-    return embed
 
 
 def make_optimizer(settings: dict, total_steps: int) -> keras.optimizers.Optimizer:
