@@ -26,7 +26,11 @@ def run_ok(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
 
 
 def make_repo(work: Path, train: dict | None = None, strategies: dict | None = None) -> Path:
-    """Copy the project into ``work`` as a git + DVC repo with synthetic zips and tiny params."""
+    """Copy the project into ``work`` as a git + DVC repo with synthetic zips and tiny params.
+
+    The strategies are the committed ones (``extra_strategies`` included), each on the tiny
+    ``train`` schedule; ``train`` and ``strategies`` override further.
+    """
     work.mkdir(parents=True, exist_ok=True)
     for name in TRACKED:
         src = REPO / name
@@ -42,6 +46,11 @@ def make_repo(work: Path, train: dict | None = None, strategies: dict | None = N
     p["model"].update(filters=8, embedding_dim=16)
     p["train"].update(loops=2, steps_per_loop=3, batch_size=8, val_tasks=10, n_way=5, precision="float32")
     p["train"].update(train or {})
+    for overrides in p["strategies"].values():  # the tiny schedule above applies to every strategy
+        for key in [k for k in overrides if k in p["train"]]:
+            del overrides[key]
+    for name in ("batch_all", "batch_hard", "semi_hard"):  # P x K batches the synthetic alphabets can fill
+        p["strategies"].setdefault(name, {}).update(classes_per_batch=4, samples_per_class=2)
     p["strategies"]["hard"].update(refresh_every=0, warmup_loops=0)
     for name, values in (strategies or {}).items():
         p["strategies"].setdefault(name, {}).update(values)

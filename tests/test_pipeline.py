@@ -32,14 +32,15 @@ def repo(tmp_path_factory):
 
 def test_repro_runs_every_stage_and_leaves_status_clean(repo):
     work, stdout = repo
-    assert {"download", "prepare", "train_random", "train_hard", "evaluate", "report"} <= _ran(stdout)
+    extra = [f"train_extra@{s}" for s in yaml.safe_load((work / "params.yaml").read_text())["extra_strategies"]]
+    assert {"download", "prepare", "train_random", "train_hard", *extra, "evaluate", "report"} <= _ran(stdout)
     status = _run(["dvc", "status"], work).stdout
     assert "up to date" in status
     table = pd.read_csv(work / "reports" / "comparison.csv")
     for col in ["strategy", "test_acc20", "test_acc20_ci95_low", "test_acc20_ci95_high", "test_acc20_250",
                 "within_acc20", "best_loop", "train_seconds", "seconds_per_step"]:
         assert col in table.columns
-    assert list(table.strategy) == ["random", "hard"]
+    assert list(table.strategy) == ["random", "hard", *(s.split("@")[1] for s in extra)]
     summary = json.loads((work / "data" / "prepared" / "summary.json").read_text())
     assert summary["test"]["smallest_alphabet"] == {"name": "Eval0", "characters": 5}  # synthetic: 5, 6, 5
     assert "McNemar" in (work / "reports" / "comparison.md").read_text()
