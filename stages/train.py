@@ -89,7 +89,7 @@ def main() -> None:
         "image_size": params.data.image_size,
         "embedding_dim": int(result.embedding.output_shape[-1]),
         "chosen_loop": result.best_loop,
-        "best_val_acc20": result.best_val_acc20,
+        "best_val_acc20": round(result.best_val_acc20, 3),
         "params": {"train": settings, "model": params.model.model_dump(), "data": params.data.model_dump()},
     }
     save_embedder(model_dir, result.embedding, meta)
@@ -97,7 +97,7 @@ def main() -> None:
     summary = {
         "strategy": name,
         "best_loop": result.best_loop,
-        "best_val_acc20": result.best_val_acc20,
+        "best_val_acc20": round(result.best_val_acc20, 3),
         "train_seconds": round(result.train_seconds, 2),
         "seconds_per_step": round(result.seconds_per_step, 5),
         "steps": result.steps,
