@@ -178,6 +178,18 @@ def test_paired_tests_match_mcnemar_and_verdicts():
     assert flipped.iloc[0].verdict.startswith("hard beats random")
 
 
+def test_both_tables_print_the_same_digits_for_the_same_accuracy():
+    # 1543 / 2000 = 77.15 %: 100 * mean is 77.1499..., the evaluate stage writes round(.., 3) = 77.15
+    target = np.zeros(2000, dtype=np.int64)
+    pred = {"target": target, "pred_random": np.ones(2000, np.int64), "pred_hard": np.r_[np.zeros(1543), np.ones(457)].astype(np.int64)}
+    tests = report.paired_tests(pred, ["random", "hard"], baseline="random")
+    evaluate = {"random": {"test_acc20": 0.0}, "hard": {"test_acc20": round(100.0 * 1543 / 2000, 3)}}
+    table = report.comparison_table(evaluate, {})
+    md = report.comparison_markdown(table, tests)
+    assert tests.iloc[0].acc == evaluate["hard"]["test_acc20"]
+    assert md.count("77.2") == 2 and "77.1" not in md
+
+
 def test_verdict_wording():
     assert report.verdict("hard", "random", 30, 5, 0.0012) == "hard beats random (p = 0.0012)"
     assert report.verdict("hard", "random", 5, 30, 0.0012) == "random beats hard (p = 0.0012)"

@@ -201,6 +201,11 @@ def verdict(strategy: str, baseline: str, b: int, c: int, p_value: float, alpha:
     return f"no significant difference at the {alpha:.0%} level (p = {_fmt_p(p_value)})"
 
 
+def _percent(correct: np.ndarray) -> float:
+    """Percent correct, rounded as the evaluate stage writes it, so both tables print the same digits."""
+    return round(100.0 * float(correct.mean()), 3) if correct.size else float("nan")
+
+
 def paired_tests(
     predictions: Mapping[str, np.ndarray],
     strategies: Sequence[str],
@@ -235,8 +240,8 @@ def paired_tests(
                     "baseline": baseline,
                     "task_set": task_set,
                     "tasks": int(target.size),
-                    "acc": 100.0 * float(ours.mean()) if target.size else float("nan"),
-                    "baseline_acc": 100.0 * float(base.mean()) if target.size else float("nan"),
+                    "acc": _percent(ours),
+                    "baseline_acc": _percent(base),
                     "b": test["b"],
                     "c": test["c"],
                     "p_value": test["p_value"],
