@@ -103,6 +103,20 @@ def test_embedding_dim_and_options():
             build_embedding("convnet", bad)
 
 
+def test_same_padded_pools_keep_odd_maps_whole():
+    valid = build_embedding("convnet", 28)
+    same = build_embedding("convnet", 28, pool_padding="same")
+    assert valid.get_layer("flatten1").output.shape[-1] == 64  # 28-14-7-3-1
+    assert same.get_layer("flatten1").output.shape[-1] == 2 * 2 * 64  # 28-14-7-4-2
+    assert same.output_shape == (None, 128)
+    # valid pools need 2^blocks pixels; same-padded ones fit any size
+    assert min_image_size("convnet", blocks=5) == 32
+    assert min_image_size("convnet", blocks=5, pool_padding="same") == 1
+    assert build_embedding("convnet", 20, blocks=5, pool_padding="same").output_shape == (None, 128)
+    with pytest.raises(ValueError, match="pool_padding"):
+        build_embedding("convnet", 28, pool_padding="full")
+
+
 def test_l2_normalize_layer_handles_zero_rows():
     out = np.asarray(L2Normalize()(np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)))
     np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 # --------------------------------------------------------------------------------
 # Architecture specs: lists of tuples, turned into layers by _make_layer.
 #   ("conv", filters, kernel, stride, padding, l2, activation)
-#   ("pool",)  2x2 max pool, stride 2, valid (Keras default)
+#   ("pool", padding)  2x2 max pool, stride 2; "valid" (Keras default) drops an odd last row
+#                      and column, "same" pads them so that every position reaches the output
 #   ("bn",) ("relu",) ("dropout", rate) ("flatten",) ("l2norm",)
 #   ("dense", units, activation, l2)
 
@@ -23,7 +24,7 @@ def _conv(filters, kernel, stride=1, padding="valid", l2=None, activation="relu"
     return ("conv", filters, kernel, stride, padding, l2, activation)
 
 
-_POOL = ("pool",)
+_POOL = ("pool", "valid")
 
 
 def _schroff(embedding_dim: int | None = None) -> list:
@@ -77,9 +78,18 @@ def _convnet(
     filters: int | Sequence[int] = 64,
     blocks: int | None = None,
     dropout: float = 0.0,
+    pool_padding: str = "valid",
 ) -> list:
     """``blocks`` x (conv 3x3 same, BN, ReLU, pool); ``filters`` is one width for all
-    blocks or one per block (then ``blocks`` defaults to its length, else 4)."""
+    blocks or one per block (then ``blocks`` defaults to its length, else 4).
+
+    ``pool_padding="valid"`` is the usual one-shot convnet (28 px: 28-14-7-3-1, a 64-d
+    feature); a valid pool of an odd map ignores its last row and column, so at 28 px the
+    last two pools see 36 of 49 and 4 of 9 positions. ``"same"`` keeps them all
+    (28-14-7-4-2: a 2x2x64 feature) for a few percent more compute.
+    """
+    if pool_padding not in ("valid", "same"):
+        raise ValueError(f"convnet: pool_padding must be 'valid' or 'same', got {pool_padding!r}")
     if isinstance(filters, int):
         widths = [filters] * (4 if blocks is None else blocks)
     else:
@@ -93,7 +103,7 @@ def _convnet(
     spec = []
     for w in widths:
         # No conv bias: the BatchNorm right after has its own shift.
-        spec += [_conv(w, 3, padding="same", activation=None), ("bn",), ("relu",), _POOL]
+        spec += [_conv(w, 3, padding="same", activation=None), ("bn",), ("relu",), ("pool", pool_padding)]
     spec.append(("flatten",))
     if dropout:
         spec.append(("dropout", dropout))
@@ -144,7 +154,7 @@ def _spatial_sizes(spec: list, size: int) -> list[int]:
             _, _, k, stride, padding, _, _ = op
             size = math.ceil(size / stride) if padding == "same" else (size - k) // stride + 1
         elif op[0] == "pool":
-            size = (size - 2) // 2 + 1
+            size = math.ceil(size / 2) if op[1] == "same" else (size - 2) // 2 + 1
         else:
             continue
         sizes.append(size)

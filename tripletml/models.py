@@ -100,7 +100,7 @@ def _make_layer(op: tuple, name: str, sync_batchnorm: bool = False) -> keras.lay
             kernel_regularizer=keras.regularizers.L2(l2) if l2 else None, name=name,
         )  # fmt: skip
     if kind == "pool":
-        return layers.MaxPooling2D(name=name)
+        return layers.MaxPooling2D(padding=op[1], name=name)
     if kind == "bn":
         # synchronized: under tf.distribute, statistics over the global batch, as on one device
         return layers.BatchNormalization(synchronized=sync_batchnorm, name=name)

@@ -45,6 +45,7 @@ class ModelParams(_Strict):
     embedding_dim: int | None = Field(128, ge=2)
     filters: int = Field(64, ge=1)
     blocks: int = Field(4, ge=1, le=6)
+    pool_padding: Literal["valid", "same"] = "valid"  # convnet only; "same" keeps odd maps' last row and column
 
 
 class AugmentParams(_Strict):
@@ -179,7 +180,7 @@ def _cross_checks(p: Params, source: str, use_prepared: bool = True) -> None:
     """Checks that span several keys, made before any work starts."""
     from tripletml.architectures import min_image_size  # pure Python: no TensorFlow at start-up
 
-    need = min_image_size(p.model.arch, filters=p.model.filters, blocks=p.model.blocks)
+    need = min_image_size(p.model.arch, filters=p.model.filters, blocks=p.model.blocks, pool_padding=p.model.pool_padding)
     if p.data.image_size < need:
         raise ParamsError(
             f"{source}: data.image_size = {p.data.image_size}: too small for model.arch {p.model.arch!r} (needs >= {need})"
