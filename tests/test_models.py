@@ -115,6 +115,9 @@ def test_same_padded_pools_keep_odd_maps_whole():
     assert build_embedding("convnet", 20, blocks=5, pool_padding="same").output_shape == (None, 128)
     with pytest.raises(ValueError, match="pool_padding"):
         build_embedding("convnet", 28, pool_padding="full")
+    unpooled = build_embedding("convnet", 28, pool_padding="same", final_pool=False)
+    assert unpooled.get_layer("flatten1").output.shape[-1] == 4 * 4 * 64  # 28-14-7-4, last map kept
+    assert [layer.name for layer in unpooled.layers if isinstance(layer, keras.layers.MaxPooling2D)] == ["pool1", "pool2", "pool3"]
 
 
 def test_l2_normalize_layer_handles_zero_rows():

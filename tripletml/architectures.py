@@ -79,6 +79,7 @@ def _convnet(
     blocks: int | None = None,
     dropout: float = 0.0,
     pool_padding: str = "valid",
+    final_pool: bool = True,
 ) -> list:
     """``blocks`` x (conv 3x3 same, BN, ReLU, pool); ``filters`` is one width for all
     blocks or one per block (then ``blocks`` defaults to its length, else 4).
@@ -86,7 +87,9 @@ def _convnet(
     ``pool_padding="valid"`` is the usual one-shot convnet (28 px: 28-14-7-3-1, a 64-d
     feature); a valid pool of an odd map ignores its last row and column, so at 28 px the
     last two pools see 36 of 49 and 4 of 9 positions. ``"same"`` keeps them all
-    (28-14-7-4-2: a 2x2x64 feature) for a few percent more compute.
+    (28-14-7-4-2: a 2x2x64 feature) for a few percent more compute. ``final_pool=False``
+    leaves the last block's map unpooled (same padding at 28 px: a 4x4x64 feature), at the
+    same conv cost.
     """
     if pool_padding not in ("valid", "same"):
         raise ValueError(f"convnet: pool_padding must be 'valid' or 'same', got {pool_padding!r}")
@@ -101,9 +104,11 @@ def _convnet(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"convnet: dropout must be in [0, 1), got {dropout}")
     spec = []
-    for w in widths:
+    for i, w in enumerate(widths):
         # No conv bias: the BatchNorm right after has its own shift.
-        spec += [_conv(w, 3, padding="same", activation=None), ("bn",), ("relu",), ("pool", pool_padding)]
+        spec += [_conv(w, 3, padding="same", activation=None), ("bn",), ("relu",)]
+        if final_pool or i < len(widths) - 1:
+            spec.append(("pool", pool_padding))
     spec.append(("flatten",))
     if dropout:
         spec.append(("dropout", dropout))

@@ -46,6 +46,7 @@ class ModelParams(_Strict):
     filters: int = Field(64, ge=1)
     blocks: int = Field(4, ge=1, le=6)
     pool_padding: Literal["valid", "same"] = "valid"  # convnet only; "same" keeps odd maps' last row and column
+    final_pool: bool = True  # convnet only; false: the last block's map goes to the Dense layer unpooled
 
 
 class AugmentParams(_Strict):
@@ -180,7 +181,7 @@ def _cross_checks(p: Params, source: str, use_prepared: bool = True) -> None:
     """Checks that span several keys, made before any work starts."""
     from tripletml.architectures import min_image_size  # pure Python: no TensorFlow at start-up
 
-    need = min_image_size(p.model.arch, filters=p.model.filters, blocks=p.model.blocks, pool_padding=p.model.pool_padding)
+    need = min_image_size(p.model.arch, filters=p.model.filters, blocks=p.model.blocks, pool_padding=p.model.pool_padding, final_pool=p.model.final_pool)
     if p.data.image_size < need:
         raise ParamsError(
             f"{source}: data.image_size = {p.data.image_size}: too small for model.arch {p.model.arch!r} (needs >= {need})"
