@@ -49,7 +49,7 @@ def main() -> None:
     metrics = {}
     for s in names:
         embedder = load_embedder(model_dirs[s])
-        embed = tta.shift_averaged(embedder.embed_prepared, e.tta_shift)
+        embed = tta.shift_averaged(embedder.embed_prepared, e.tta_shift, renormalize=embedder.unit_norm)
         table = oneshot.embed_set(embed, test.X, batch_size=max(1, 1024 // (2 * e.tta_shift + 1) ** 2))  # every test image once
         row = {}
         for key, tasks in task_sets.items():

@@ -63,6 +63,12 @@ def test_round_trip_embeds_raw_like_the_model(model, raw: np.ndarray, saved: Pat
     np.testing.assert_allclose(embedder(raw_to_model(raw, S)), expected, atol=1e-5)  # model images
 
 
+def test_unit_norm_says_whether_the_model_ends_in_l2_normalisation(saved: Path, tmp_path: Path) -> None:
+    assert load_embedder(saved).unit_norm
+    plain = build_embedding("convnet", S, embedding_dim=4, filters=4, l2_normalize=False)
+    assert not load_embedder(save_embedder(tmp_path / "plain", plain, {"image_size": S})).unit_norm
+
+
 def test_load_from_model_file_and_package(model, raw: np.ndarray, saved: Path) -> None:
     expected = load_embedder(saved).embed(raw)
     np.testing.assert_allclose(load_embedder(saved / MODEL_FILE).embed(raw), expected, atol=1e-6)

@@ -44,6 +44,8 @@ def test_strategy_overrides_fall_back_to_train():
         ({"train": {"distribute": "spark"}}, "train.distribute = 'spark'"),
         ({"train": {"cpu_replicas": 0}}, "train.cpu_replicas = 0"),
         ({"evaluate": {"tta_shift": -1}}, "evaluate.tta_shift = -1"),
+        ({"model": {"pool_padding": "full"}}, "model.pool_padding = 'full'"),
+        ({"model": {"final_pool": "sometimes"}}, "model.final_pool = 'sometimes'"),
         ({"data": {"image_size": 28}, "evaluate": {"tta_shift": 14}}, "evaluate.tta_shift = 14: shifts must stay below half of data.image_size (28)"),
     ],
 )

@@ -30,6 +30,8 @@ def test_radius_zero_is_the_embedding_itself():
     assert shift_averaged(embed, 0) is embed
     with pytest.raises(ValueError, match="radius"):
         shifted_copies(dot_image(), -1)
+    with pytest.raises(ValueError, match="radius"):
+        shift_averaged(embed, -1)  # refused when built, not on first use
 
 
 def test_averages_the_copies_in_one_batched_call():
@@ -54,8 +56,11 @@ def test_unit_norm_embeddings_stay_on_the_sphere():
         return e / np.linalg.norm(e, axis=1, keepdims=True)
 
     images = np.random.default_rng(1).random((3, 5, 5)).astype(np.float32)
-    out = shift_averaged(unit, 2)(images)
+    out = shift_averaged(unit, 2, renormalize=True)(images)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    plain = shift_averaged(unit, 2)(images)  # the plain mean of unit vectors is shorter
+    assert (np.linalg.norm(plain, axis=1) < 1.0 - 1e-4).all()
+    np.testing.assert_allclose(plain / np.linalg.norm(plain, axis=1, keepdims=True), out, rtol=1e-5)
 
 
 def test_a_shift_invariant_embedding_is_unchanged():

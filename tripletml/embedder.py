@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import tripletml.models  # noqa: F401  (registers the custom layers for loading)
+import tripletml.models  # registers the custom layers for loading; L2Normalize
 from tripletml.atomic import atomic_path, write_json
 from tripletml.data import RAW_SIZE, raw_to_model
 
@@ -51,6 +51,11 @@ class Embedder:
         self.meta = meta
         self.image_size = int(meta["image_size"])
         self._embed = make_embed_fn(model)
+
+    @property
+    def unit_norm(self) -> bool:
+        """Whether the model ends in L2 normalisation (every embedding on the unit sphere)."""
+        return isinstance(self.model.layers[-1], tripletml.models.L2Normalize)
 
     def embed_prepared(self, images: np.ndarray) -> np.ndarray:
         """Model images (N, S, S) float32, 1 = ink -> (N, D) float32 embeddings."""

@@ -45,7 +45,7 @@ class ModelParams(_Strict):
     embedding_dim: int | None = Field(128, ge=2)
     filters: int = Field(64, ge=1)
     blocks: int = Field(4, ge=1, le=6)
-    pool_padding: Literal["valid", "same"] = "valid"  # convnet only; "same" keeps odd maps' last row and column
+    pool_padding: Literal["valid", "same"] = "same"  # convnet only; "same" keeps odd maps' last row and column
     final_pool: bool = True  # convnet only; false: the last block's map goes to the Dense layer unpooled
 
 
@@ -94,7 +94,7 @@ class EvaluateParams(_Strict):
     assignment_tasks: int = Field(250, ge=1)
     n_way: int = Field(20, ge=2)
     seed: int = 1234
-    tta_shift: int = Field(0, ge=0)  # test-time shift averaging radius in pixels (tripletml/tta.py); 0: off
+    tta_shift: int = Field(1, ge=0)  # test-time shift averaging radius in pixels (tripletml/tta.py); 0: off
 
 
 class Params(_Strict):

@@ -32,13 +32,16 @@ def shifted_copies(images: np.ndarray, radius: int) -> np.ndarray:
     return windows.reshape(n, k, h, w)
 
 
-def shift_averaged(embed: EmbedFn, radius: int) -> EmbedFn:
+def shift_averaged(embed: EmbedFn, radius: int, renormalize: bool = False) -> EmbedFn:
     """``embed`` with each image's embedding averaged over its shifted copies.
 
-    One batched call of ``embed`` per call (n * (2r+1)^2 images). Unit-norm embeddings
-    stay unit-norm: the mean is projected back onto the sphere that the losses and the
-    distances were trained on. ``radius=0`` returns ``embed`` itself.
+    One batched call of ``embed`` per call (n * (2r+1)^2 images). ``renormalize`` projects
+    the mean back onto the unit sphere: set it for a model whose embeddings are unit-norm
+    (``Embedder.unit_norm``), so that the distances keep the geometry the losses trained.
+    ``radius=0`` returns ``embed`` itself.
     """
+    if radius < 0:
+        raise ValueError(f"shift radius must be >= 0, got {radius}")
     if radius == 0:
         return embed
 
@@ -47,7 +50,7 @@ def shift_averaged(embed: EmbedFn, radius: int) -> EmbedFn:
         n, k = copies.shape[:2]
         e = np.asarray(embed(copies.reshape(n * k, *copies.shape[2:])), np.float32).reshape(n, k, -1)
         mean = e.mean(axis=1)
-        if np.allclose(np.linalg.norm(e, axis=-1), 1.0, atol=1e-2):
+        if renormalize:
             mean /= np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
         return mean
 
