@@ -1,0 +1,96 @@
+"""Benchmark: seconds per training step of the default convnet under compute settings.
+
+    python benchmarks/step_speed.py [--images 192] [--repeats 3] [--steps 30]
+
+Times one compiled train step (forward, backward, Adam update) on ``--images`` random
+28x28 images (192 = a step of 64 triplets) for each setting, each in its own process so
+that precision policies and TensorFlow's threading do not leak between them:
+
+* bf16: mixed_bfloat16 (the default), graph mode
+* float32: float32, graph mode
+* bf16 + XLA: mixed_bfloat16, ``jit_compile=True``
+* bf16, 1 inter-op thread: ``tf.config.threading.set_inter_op_parallelism_threads(1)``
+* float32, oneDNN off: ``TF_ENABLE_ONEDNN_OPTS=0``
+
+Prints the median of ``--repeats`` timings of ``--steps`` steps each, after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SETTINGS = {
+    "bf16": ({"precision": "mixed_bfloat16"}, {}),
+    "float32": ({"precision": "float32"}, {}),
+    "bf16 + XLA": ({"precision": "mixed_bfloat16", "jit": True}, {}),
+    "bf16, 1 inter-op thread": ({"precision": "mixed_bfloat16", "inter_op": 1}, {}),
+    "float32, oneDNN off": ({"precision": "float32"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+}
+
+
+def time_one(setting: dict, images: int, repeats: int, steps: int) -> float:
+    """Median seconds per step for one setting, in this process."""
+    import numpy as np
+    import tensorflow as tf
+
+    if setting.get("inter_op"):
+        tf.config.threading.set_inter_op_parallelism_threads(setting["inter_op"])
+    import keras
+
+    from tripletml.models import build_embedding
+
+    keras.mixed_precision.set_global_policy(setting["precision"])
+    model = build_embedding("convnet", 28, 128, filters=64, blocks=4, pool_padding="same")
+    optimizer = keras.optimizers.Adam(1e-3)
+    x = tf.constant(np.random.default_rng(0).random((images, 28, 28, 1), dtype=np.float32))
+
+    @tf.function(jit_compile=bool(setting.get("jit")))
+    def step(x):
+        with tf.GradientTape() as tape:
+            e = tf.cast(model(x, training=True), tf.float32)
+            loss = tf.reduce_mean(tf.square(e[: images // 2] - e[images // 2 :]))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    for _ in range(5):
+        step(x).numpy()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(x).numpy()
+        times.append((time.perf_counter() - t0) / steps)
+    return sorted(times)[len(times) // 2]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=192)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: time one setting and print JSON
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(time_one(json.loads(args.one), args.images, args.repeats, args.steps)))
+        return
+    root = Path(__file__).resolve().parents[1]
+    base = None
+    print(f"{'setting':28s} {'s/step':>8s} {'x bf16':>7s}")
+    for name, (setting, env) in SETTINGS.items():
+        cmd = [sys.executable, __file__, "--images", str(args.images), "--repeats", str(args.repeats), "--steps", str(args.steps), "--one", json.dumps(setting)]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(root), **env}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout.strip().splitlines()[-1]
+        seconds = float(out)
+        base = base or seconds
+        print(f"{name:28s} {seconds:8.4f} {seconds / base:7.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
