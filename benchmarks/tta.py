@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for folder in args.models:
         embedder = load_embedder(folder)
         for r in args.radii:
-            table = oneshot.embed_set(tta.shift_averaged(embedder.embed_prepared, r, renormalize=embedder.unit_norm), val.X, batch_size=max(1, 1024 // (2 * r + 1) ** 2))
+            table = oneshot.embed_set(tta.shift_averaged(embedder.embed_prepared, r, renormalize=embedder.unit_norm), val.X)
             row = {"model": folder, "tta_shift": r}
             row.update({k: round(100 * oneshot.evaluate_tasks(table, t).mean(), 2) for k, t in task_sets.items()})
             rows.append(row)

@@ -50,12 +50,12 @@ def main() -> None:
     for s in names:
         embedder = load_embedder(model_dirs[s])
         embed = tta.shift_averaged(embedder.embed_prepared, e.tta_shift, renormalize=embedder.unit_norm)
-        table = oneshot.embed_set(embed, test.X, batch_size=max(1, 1024 // (2 * e.tta_shift + 1) ** 2))  # every test image once
+        table = oneshot.embed_set(embed, test.X)  # every test image once
         row = {}
         for key, tasks in task_sets.items():
             pred = oneshot.predict_tasks(table, tasks)
             correct = pred == tasks.target
-            row[key] = round(100.0 * correct.mean(), 3)
+            row[key] = oneshot.percent_correct(correct)
             if key != "test_acc20_250":
                 low, high = oneshot.wilson_interval(int(correct.sum()), len(correct))
                 row[f"{key}_ci95_low"], row[f"{key}_ci95_high"] = round(100 * low, 3), round(100 * high, 3)

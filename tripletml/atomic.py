@@ -18,9 +18,9 @@ from typing import Any
 class OutputError(OSError):
     """An output could not be written (unwritable folder, disk full, ...)."""
 
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason  # the OS's words, e.g. "No space left on device"
+    def __init__(self, what: str, cause: OSError) -> None:
+        self.reason = _reason(cause)  # the OS's words, e.g. "No space left on device"
+        super().__init__(f"{what}: {self.reason}")
 
 
 def _reason(exc: OSError) -> str:
@@ -47,14 +47,14 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {_reason(exc)}", _reason(exc)) from exc
+        raise OutputError(f"cannot write {path}", exc) from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {_reason(exc)}", _reason(exc)) from exc
+        raise OutputError(f"cannot write {path}", exc) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -80,7 +80,7 @@ def ensure_writable(*folders: str | os.PathLike) -> None:
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            raise OutputError(f"cannot write to output folder {folder}: {_reason(exc)}", _reason(exc)) from exc
+            raise OutputError(f"cannot write to output folder {folder}", exc) from exc
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -345,6 +345,13 @@ test_oneshot.__test__ = False  # keep pytest from collecting it when a test impo
 # -------------------------------------------------------------------------- statistics
 
 
+def percent_correct(correct: np.ndarray) -> float:
+    """Percent of ``correct`` that is true, rounded to 3 decimals: the one rule for every
+    accuracy the stages write, so every table prints the same digits for the same tasks."""
+    correct = np.asarray(correct)
+    return round(100.0 * float(correct.mean()), 3) if correct.size else float("nan")
+
+
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion, as **fractions** in [0, 1].
 

@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator
 
 from tripletml.atomic import atomic_path, write_text
 from tripletml.data import DataError
-from tripletml.oneshot import mcnemar_exact
+from tripletml.oneshot import mcnemar_exact, percent_correct
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -201,11 +201,6 @@ def verdict(strategy: str, baseline: str, b: int, c: int, p_value: float, alpha:
     return f"no significant difference at the {alpha:.0%} level (p = {_fmt_p(p_value)})"
 
 
-def _percent(correct: np.ndarray) -> float:
-    """Percent correct, rounded as the evaluate stage writes it, so both tables print the same digits."""
-    return round(100.0 * float(correct.mean()), 3) if correct.size else float("nan")
-
-
 def paired_tests(
     predictions: Mapping[str, np.ndarray],
     strategies: Sequence[str],
@@ -240,8 +235,8 @@ def paired_tests(
                     "baseline": baseline,
                     "task_set": task_set,
                     "tasks": int(target.size),
-                    "acc": _percent(ours),
-                    "baseline_acc": _percent(base),
+                    "acc": percent_correct(ours),
+                    "baseline_acc": percent_correct(base),
                     "b": test["b"],
                     "c": test["c"],
                     "p_value": test["p_value"],

@@ -32,10 +32,11 @@ def shifted_copies(images: np.ndarray, radius: int) -> np.ndarray:
     return windows.reshape(n, k, h, w)
 
 
-def shift_averaged(embed: EmbedFn, radius: int, renormalize: bool = False) -> EmbedFn:
+def shift_averaged(embed: EmbedFn, radius: int, renormalize: bool = False, max_batch: int = 1024) -> EmbedFn:
     """``embed`` with each image's embedding averaged over its shifted copies.
 
-    One batched call of ``embed`` per call (n * (2r+1)^2 images). ``renormalize`` projects
+    Batched calls of ``embed`` on at most ``max_batch`` copies each (whole images' sets of
+    (2r+1)^2 copies), so memory stays bounded whatever the caller's batch. ``renormalize`` projects
     the mean back onto the unit sphere: set it for a model whose embeddings are unit-norm
     (``Embedder.unit_norm``), so that the distances keep the geometry the losses trained.
     ``radius=0`` returns ``embed`` itself.
@@ -45,11 +46,17 @@ def shift_averaged(embed: EmbedFn, radius: int, renormalize: bool = False) -> Em
     if radius == 0:
         return embed
 
+    k = (2 * radius + 1) ** 2
+    per_call = max(1, max_batch // k)  # images whose copies go through one call of embed
+
     def averaged(images: np.ndarray) -> np.ndarray:
-        copies = shifted_copies(images, radius)
-        n, k = copies.shape[:2]
-        e = np.asarray(embed(copies.reshape(n * k, *copies.shape[2:])), np.float32).reshape(n, k, -1)
-        mean = e.mean(axis=1)
+        means = []
+        for lo in range(0, max(len(images), 1), per_call):  # chunks of images, not single images
+            copies = shifted_copies(images[lo : lo + per_call], radius)
+            n = len(copies)
+            e = np.asarray(embed(copies.reshape(n * k, *copies.shape[2:])), np.float32)
+            means.append(e.reshape(n, k, e.shape[-1]).mean(axis=1))
+        mean = np.concatenate(means)
         if renormalize:
             mean /= np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
         return mean
