@@ -43,11 +43,17 @@ def main() -> None:
             load_prepared(prepared / "train.npz").X, mined, OUT / "hard_triplets.png"
         ),
     }
+    hard = p.strategy("hard")
     context = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "image size": f"{p.data.image_size} px",
         "model": p.model.arch,
         "training time": f"{sum(t['train_seconds'] for t in train.values()):.0f} s",
+        "hard's batches": (
+            f"{hard['classes_per_batch']} classes x every drawing (all anchor-positive pairs)"
+            if hard["batches"] == "classes"
+            else f"{hard['batch_size']} triplets"
+        ),
         "tasks": f"{p.evaluate.tasks} x {p.evaluate.n_way}-way",
         "test-time shifts": f"up to {p.evaluate.tta_shift} px" if p.evaluate.tta_shift else "none",
     }

@@ -15,8 +15,9 @@ from test_training import MODEL, _make_set, settings  # noqa: E402
 
 from tripletml.training import Trainer  # noqa: E402
 
-name = sys.argv[1]
-extra = {"refresh_every": 2} if name == "hard" else {}
+arg = sys.argv[1]  # a strategy, or "random_classes" / "hard_classes" for their class batches
+name = arg.removesuffix("_classes")
+extra = {"batches": "classes"} if arg != name else {"refresh_every": 2} if name == "hard" else {}
 s = settings(name, strategy=extra, batch_size=8)
 s["distribute"] = "mirrored"
 train, val = _make_set(12, 0), _make_set(6, 1)
@@ -28,12 +29,14 @@ if not one.strategy.uses_triplet_network:
     # Online miners mine inside each replica's half of the classes: the first step's loss is
     # the mean of the two halves' batch losses, with BatchNorm over the whole batch.
     from tripletml.losses import get_loss
+    from tripletml.selection import make_strategy
 
-    first = one.strategy.__class__(one.X, s["classes_per_batch"], s["samples_per_class"], np.random.default_rng(7), name).sample()
+    first = make_strategy(name, one.X, s, np.random.default_rng(7)).sample()
     emb = one.embedding(first.x.astype(np.float32), training=True)
     loss = get_loss(name, margin=s["margin"], soft=s["soft_margin"], distance=s["distance"])
-    half = len(first.y) // 2
-    out["per_replica_first"] = float((loss(emb[:half], first.y[:half]) + loss(emb[half:], first.y[half:])) / 2)
+    halves = [slice(None, len(first.y) // 2), slice(len(first.y) // 2, None)]
+    draws = [() if first.draws is None else (first.draws[h],) for h in halves]
+    out["per_replica_first"] = float(sum(loss(emb[h], first.y[h], *d) for h, d in zip(halves, draws)) / 2)
 for key, trainer in (("one", one), ("two", two)):
     trainer.rng = np.random.default_rng(7)  # the same batches for both
     trainer.strategy.rng = trainer.rng

@@ -44,7 +44,7 @@ def make_repo(work: Path, train: dict | None = None, strategies: dict | None = N
     p = yaml.safe_load((work / "params.yaml").read_text())
     p["data"].update(validation_alphabets=2)
     p["model"].update(filters=8, embedding_dim=16)
-    p["train"].update(loops=2, steps_per_loop=3, batch_size=8, val_tasks=10, n_way=5, precision="float32")
+    p["train"].update(loops=2, steps_per_loop=3, batch_size=8, classes_per_batch=4, val_tasks=10, n_way=5, precision="float32")
     p["train"].update(train or {})
     for overrides in p["strategies"].values():  # the tiny schedule above applies to every strategy
         for key in [k for k in overrides if k in p["train"]]:

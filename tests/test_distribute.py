@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("name", ["random", "hard", "batch_all"])
+@pytest.mark.parametrize("name", ["random", "hard", "batch_all", "hard_classes"])
 def test_mirrored_on_two_cpus_matches_one_device(name: str) -> None:
     res = subprocess.run(
         [sys.executable, str(HERE / "mirrored_check.py"), name], cwd=HERE, capture_output=True, text=True, timeout=600,
@@ -31,7 +31,7 @@ def test_mirrored_on_two_cpus_matches_one_device(name: str) -> None:
     out = json.loads(res.stdout.split("RESULT ", 1)[1])
     assert out["replicas"] == 2
     assert out["one"]["losses"][0] != out["one"]["losses"][-1], "the steps trained"
-    if name == "batch_all":  # by design each replica mines inside its own P/2 classes
+    if name in ("batch_all", "hard_classes"):  # by design each replica mines inside its own P/2 classes
         np.testing.assert_allclose(out["two"]["losses"][0], out["per_replica_first"], rtol=1e-4)
         return
     np.testing.assert_allclose(out["two"]["losses"], out["one"]["losses"], rtol=1e-4, atol=1e-6)

@@ -10,6 +10,8 @@ from tripletml.losses import (
     LOSSES,
     BatchAllTripletLoss,
     BatchHardTripletLoss,
+    InBatchHardTripletLoss,
+    InBatchRandomTripletLoss,
     KerasBatchTripletLoss,
     SemiHardTripletLoss,
     TripletLoss,
@@ -87,7 +89,7 @@ def _random_batch(seed, n=14, dim=4, classes=4):
 # ---------------------------------------------------------------- batch losses
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", sorted(REFERENCES))
 @pytest.mark.parametrize("soft", [False, True])
 @pytest.mark.parametrize("kind", KINDS)
 def test_batch_loss_matches_bruteforce(name, soft, kind):
@@ -99,6 +101,79 @@ def test_batch_loss_matches_bruteforce(name, soft, kind):
         want = REFERENCES[name](x, y, margin, soft, kind)
         assert want > 0
         assert got == pytest.approx(want, rel=1e-4, abs=1e-5), (seed, got, want)
+
+
+# ------------------------------------------- the assignment's rules inside a batch
+
+
+def _ref_in_batch(x, y, draws, rule, margin, soft, kind):
+    """Loop reference: pair r of anchor a (row-major) draws a class among the others (in
+    order of first appearance), then its drawing nearest a (hard) or its draws[..., 1]-th."""
+    order = list(dict.fromkeys(y.tolist()))
+    values = []
+    for a in range(len(x)):
+        positives = [p for p in range(len(x)) if p != a and y[p] == y[a]]
+        others = [c for c in order if c != y[a]]
+        for r, p in enumerate(positives):
+            if not others:
+                continue
+            c = others[min(int(draws[a, r, 0] * len(others)), len(others) - 1)]
+            members = [j for j in range(len(x)) if y[j] == c]
+            if rule == "hard":
+                n = min(members, key=lambda j: _dist(x[a], x[j], kind))
+            else:
+                n = members[min(int(draws[a, r, 1] * len(members)), len(members) - 1)]
+            values.append(_hinge(_dist(x[a], x[p], kind) - _dist(x[a], x[n], kind), margin, soft))
+    return np.mean(values) if values else 0.0
+
+
+@pytest.mark.parametrize("rule", ["random", "hard"])
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+def test_in_batch_rules_match_bruteforce(rule, soft, kind):
+    margin = 0.0 if soft else 0.3 if kind == "cosine" else 1.0
+    loss = get_loss(rule, margin=margin, soft=soft, distance=kind)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        y = rng.permutation(np.repeat([7, 3, 9, 1, 4], [4, 3, 5, 2, 4]))  # unequal classes, shuffled
+        x = rng.normal(size=(len(y), 4))
+        draws = rng.random((len(y), 4, 2))
+        got = float(loss(x.astype(np.float32), y, draws))
+        want = _ref_in_batch(x, y, draws, rule, margin, soft, kind)
+        assert want > 0
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-5), (seed, got, want)
+
+
+def test_in_batch_hard_takes_the_drawn_class_nearest_drawing():
+    # 1-D points: class 0 at 0 and 1, class 1 at 2 and 9, class 2 at 5 and 6.
+    x = np.array([[0.0], [1.0], [2.0], [9.0], [5.0], [6.0]], np.float32)
+    y = np.array([0, 0, 1, 1, 2, 2])
+    draws = np.zeros((6, 1, 2))  # every pair draws the first class other than its own ...
+    draws[1, 0, 0] = 0.9  # ... but anchor 1's pair draws the second (class 2)
+    # (0,1) vs class 1's nearest (2): 1 - 4 + 10 = 7;  (1,0) vs class 2's nearest (5): 1 - 16 + 10 < 0
+    # (2,9) vs class 0's nearest (1): 49 - 1 + 10 = 58; (9,2) vs 1: 49 - 64 + 10 < 0
+    # (5,6) vs 1: 1 - 16 + 10 < 0;                     (6,5) vs 1: 1 - 25 + 10 < 0
+    stats = InBatchHardTripletLoss(margin=10.0).compute(x, y, draws)
+    assert float(stats["loss"]) == pytest.approx((7 + 58) / 6)
+    assert float(stats["fraction_active"]) == pytest.approx(2 / 6)
+    assert int(stats["num_valid"]) == 6
+
+
+def test_in_batch_rules_without_draws_draw_with_tf_random():
+    # Two classes of one and two drawings: nothing left to chance, the loss is exact.
+    x = np.array([[0.0], [1.0], [3.0]], np.float32)
+    y = np.array([0, 0, 1])
+    for loss in (InBatchRandomTripletLoss(margin=5.0), InBatchHardTripletLoss(margin=5.0)):
+        assert float(loss(x, y)) == pytest.approx(((1 - 9 + 5) * 0 + (1 - 4 + 5)) / 2)
+    # Two drawings per class: the random drawing varies between calls, within the bounds
+    # of always-nearest (hard, the largest loss) and always-farthest.
+    x = np.array([[0.0], [1.0], [2.0], [4.0]], np.float32)
+    y = np.array([0, 0, 1, 1])
+    nearest, farthest = (17 + 20 + 23 + 15) / 4, (5 + 12 + 20 + 8) / 4  # margin 20
+    assert float(InBatchHardTripletLoss(margin=20.0)(x, y)) == pytest.approx(nearest)
+    values = {round(float(InBatchRandomTripletLoss(margin=20.0)(x, y)), 4) for _ in range(30)}
+    assert len(values) > 1
+    assert all(farthest - 1e-4 <= v <= nearest + 1e-4 for v in values)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -163,7 +238,7 @@ def test_degenerate_batches_are_finite(name, kind):
 
 
 def test_registry():
-    assert set(LOSSES) == {"batch_all", "batch_hard", "semi_hard"}
+    assert set(LOSSES) == {"batch_all", "batch_hard", "semi_hard", "random", "hard"}
     loss = get_loss("batch_hard", margin=0.5, soft=True, distance="euclidean")
     assert isinstance(loss, BatchHardTripletLoss)
     assert (loss.margin, loss.soft, loss.distance) == (0.5, True, "euclidean")

@@ -24,6 +24,10 @@ def test_strategy_overrides_fall_back_to_train():
     assert p.strategy("hard")["batch_size"] == 16
     assert p.strategy("hard")["loops"] == 7
     assert p.strategy("random")["batch_size"] == 32
+    p = validate_params({"train": {"classes_per_batch": 6}, "strategies": {"hard": {"batches": "triplets"}, "batch_all": {"classes_per_batch": 16}}})
+    assert (p.strategy("random")["batches"], p.strategy("hard")["batches"]) == ("classes", "triplets")
+    assert (p.strategy("random")["classes_per_batch"], p.strategy("batch_all")["classes_per_batch"]) == (6, 16)
+    assert p.strategy("hard")["samples_per_class"] is None  # every drawing (selection.make_strategy)
 
 
 @pytest.mark.parametrize(
@@ -46,6 +50,9 @@ def test_strategy_overrides_fall_back_to_train():
         ({"evaluate": {"tta_shift": -1}}, "evaluate.tta_shift = -1"),
         ({"model": {"pool_padding": "full"}}, "model.pool_padding = 'full'"),
         ({"model": {"final_pool": "sometimes"}}, "model.final_pool = 'sometimes'"),
+        ({"train": {"batches": "pairs"}}, "train.batches = 'pairs'"),
+        ({"train": {"classes_per_batch": 1}}, "train.classes_per_batch = 1"),
+        ({"strategies": {"batch_all": {"batches": "triplets"}}}, "strategies.batch_all.batches: batch_all always trains on class batches"),
         ({"data": {"image_size": 28}, "evaluate": {"tta_shift": 14}}, "evaluate.tta_shift = 14: shifts must stay below half of data.image_size (28)"),
     ],
 )
@@ -94,3 +101,28 @@ def test_a_stage_with_bad_params_exits_before_work(tmp_path):
     assert res.stderr.strip().splitlines() == [res.stderr.strip()], "one line"
     assert "train.margin = -1" in res.stderr
     assert not (tmp_path / "data").exists(), "nothing written"
+
+
+def test_the_readme_command_for_the_assignment_profile_gives_its_settings():
+    """README's `dvc exp run -S ...` applied to params.yaml is the course's configuration."""
+    import re
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("### The assignment's own configuration", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    for key, value in re.findall(r"-S '?([\w.]+)=([^'\s]+)'?", block):
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    p = validate_params(raw, use_prepared=False)
+    assert (p.data.image_size, p.model.arch, p.evaluate.tta_shift, p.extra_strategies) == (105, "schroff", 0, [])
+    for name in ("random", "hard"):
+        s = p.strategy(name)
+        assert s["batches"] == "triplets" and s["batch_size"] == 64  # 64 triplets through the 3-branch network
+        assert (s["loops"], s["steps_per_loop"], s["margin"], s["learning_rate"]) == (10, 100, 0.2, 0.001)
+        assert (s["optimizer"], s["lr_schedule"], s["augment"], s["precision"]) == (
+            "adam", "constant", {"rotations": False, "affine": 0.0}, "float32")
+        assert s["warmup_loops"] == 0
+    assert p.strategy("hard")["refresh_every"] == 0  # exact mining against the current network

@@ -11,6 +11,7 @@ from tripletml.selection import (
     HardTriplets,
     RandomTriplets,
     augment_rotations,
+    in_batch_triplets,
     make_strategy,
     nearest_candidate,
 )
@@ -178,6 +179,52 @@ def test_class_balanced_batches_edge_sizes(X: np.ndarray) -> None:
         ClassBalancedBatches(X, N_CLS + 1, 2, np.random.default_rng(0))
     with pytest.raises(ValueError, match="samples_per_class"):
         ClassBalancedBatches(X, 2, N_DRAW + 1, np.random.default_rng(0))
+
+
+def test_class_batches_for_the_assignment_rules_carry_their_draws(X: np.ndarray) -> None:
+    settings = {"batches": "classes", "classes_per_batch": 4, "samples_per_class": None, "batch_size": 8}
+    for name in ("random", "hard"):
+        strategy = make_strategy(name, X, settings, np.random.default_rng(1))
+        assert isinstance(strategy, ClassBalancedBatches) and strategy.name == name
+        assert (strategy.P, strategy.K) == (4, N_DRAW)  # every drawing of each class
+        batch = strategy.sample()
+        assert batch.x.shape == (4 * N_DRAW, S, S, 1)
+        assert batch.draws.shape == (4 * N_DRAW, N_DRAW - 1, 2)  # one pair of numbers per anchor-positive pair
+        assert np.all((batch.draws >= 0) & (batch.draws < 1))
+        assert len(batch.arrays()) == 3 and batch.arrays()[2].dtype == np.float32
+    # random may take fewer drawings; hard must see them all to find the nearest
+    assert make_strategy("random", X, {**settings, "samples_per_class": 3}, np.random.default_rng(1)).K == 3
+    with pytest.raises(ValueError, match="strategies.hard.samples_per_class = 3"):
+        make_strategy("hard", X, {**settings, "samples_per_class": 3}, np.random.default_rng(1))
+    # batch losses carry no draws; triplet batches stay the assignment's
+    assert make_strategy("batch_all", X, settings, np.random.default_rng(1)).sample().draws is None
+    assert isinstance(make_strategy("random", X, {**settings, "batches": "triplets"}, np.random.default_rng(1)), RandomTriplets)
+
+
+def test_in_batch_triplets_follow_the_rules(table: np.ndarray) -> None:
+    rng = np.random.default_rng(4)
+    labels = np.repeat(rng.permutation(N_CLS)[:6], 5)  # 6 classes x 5 drawings
+    emb = rng.normal(size=(len(labels), D))
+    draws = rng.random((len(labels), 4, 2))
+    for rule in ("random", "hard"):
+        a, p, n = in_batch_triplets(emb, labels, draws, rule)
+        assert len(a) == 6 * 5 * 4  # every anchor-positive pair
+        assert np.all(labels[a] == labels[p]) and np.all(a != p) and np.all(labels[n] != labels[a])
+    a, p, n = in_batch_triplets(emb, labels, draws, "hard")
+    for i in range(len(a)):  # nearest of its class, by brute force
+        same = np.nonzero(labels == labels[n[i]])[0]
+        assert n[i] == same[np.argmin(((emb[same] - emb[a[i]]) ** 2).sum(1))]
+    # Over many draws the negative class is uniform over the other classes.
+    counts = np.zeros(6)
+    order = list(dict.fromkeys(labels.tolist()))
+    for seed in range(40):
+        draws = np.random.default_rng(seed).random((len(labels), 4, 2))
+        a, _, n = in_batch_triplets(emb, labels, draws, "random")
+        mine = labels[a] == order[0]
+        counts += np.bincount([order.index(c) for c in labels[n][mine]], minlength=6)
+    assert counts[0] == 0 and counts[1:].min() > 0.8 * counts[1:].mean()
+    with pytest.raises(ValueError, match="rule"):
+        in_batch_triplets(emb, labels, draws, "semi_hard")
 
 
 def test_augment_rotations() -> None:

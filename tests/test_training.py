@@ -37,9 +37,10 @@ def data() -> tuple[OmniglotSet, OmniglotSet, OmniglotSet]:
 
 def settings(name: str, **overrides) -> dict:
     """Effective settings through the real params schema, at toy sizes."""
-    strat = {"classes_per_batch": 4, "samples_per_class": 3}
+    strat = {} if name in ("random", "hard") else {"samples_per_class": 3}
     strat.update(overrides.pop("strategy", {}))
     train_params = {"loops": 2, "steps_per_loop": 2, "batch_size": 8, "val_tasks": 12, "n_way": 5, "seed": 3}
+    train_params.update(batches="triplets", classes_per_batch=4)  # the assignment's triplets unless a test asks
     train_params.update(overrides)
     params = validate_params(
         {"data": {"image_size": S}, "model": {k: v for k, v in MODEL.items() if k != "arch"}, "train": train_params, "strategies": {name: strat}}
@@ -60,6 +61,8 @@ def _check_result(result: TrainResult, loops: int, warmup: int = 0) -> None:
 
 CASES = {
     "random": ("random", {}),
+    "random_classes": ("random", {"batches": "classes"}),
+    "hard_classes": ("hard", {"batches": "classes"}),
     "hard_exact": ("hard", {"refresh_every": 0}),
     "hard_refresh": ("hard", {"refresh_every": 3}),
     "batch_all": ("batch_all", {}),
@@ -87,6 +90,28 @@ def test_hard_with_random_warmup(data, monkeypatch: pytest.MonkeyPatch) -> None:
     _check_result(result, loops=3, warmup=2)
     assert len(mined) == s["steps_per_loop"]  # hard mining only in the one main loop
     assert result.extra["mined"]["first"]["loop"] == 3  # the first *main* loop's triplets
+
+
+def test_hard_in_class_batches_warms_up_on_random_class_batches(data) -> None:
+    s = settings("hard", loops=3, strategy={"batches": "classes", "warmup_loops": 1})
+    trainer = Trainer(s, MODEL, *data)
+    assert (trainer.warmup.name, trainer.strategy.name) == ("random", "hard")
+    assert trainer.strategy.K == 20 and trainer.warmup.K == 20  # every drawing of each class
+    assert set(trainer._steppers) == {"random", "hard"}  # no 3-branch network is built
+    result = trainer.run()
+    _check_result(result, loops=3, warmup=1)
+    # The report's examples are triplets the rule really took: anchor and positive share a
+    # class, the negative's is another, and (hard) it is that class's nearest in the batch.
+    example = result.extra["mined"]["first"]
+    classes, drawings = np.array(example["classes"]), np.array(example["drawings"])
+    assert example["loop"] == 2 and len(classes) == 8
+    assert np.all(classes[:, 0] == classes[:, 1]) and np.all(classes[:, 0] != classes[:, 2])
+    assert np.all(drawings[:, 0] != drawings[:, 1])
+
+
+def test_hard_in_class_batches_needs_every_drawing(data) -> None:
+    with pytest.raises(ValueError, match="strategies.hard.samples_per_class = 5"):
+        Trainer(settings("hard", strategy={"batches": "classes", "samples_per_class": 5}), MODEL, *data)
 
 
 def _weights(model) -> list[np.ndarray]:
@@ -137,14 +162,14 @@ def test_best_loop_is_first_argmax_on_real_scores(data) -> None:
 
 def test_nan_loss_stops_naming_the_loop(data, monkeypatch: pytest.MonkeyPatch) -> None:
     trainer = Trainer(settings("random", loops=3), MODEL, *data)
-    stepper = trainer._steppers[True]
+    stepper = trainer._steppers["triplets"]
     calls = []
 
     def step(batch):  # real steps in loop 1, NaN from loop 2 on
         calls.append(1)
         return stepper(batch) if len(calls) <= 2 else (tf.constant(np.nan), tf.zeros((len(batch.y), 1)))
 
-    monkeypatch.setitem(trainer._steppers, True, step)
+    monkeypatch.setitem(trainer._steppers, "triplets", step)
     with pytest.raises(TrainingError, match=r"loss is nan at loop 2\b"):
         trainer.run()
     assert [r.loop for r in trainer.history] == [1]
@@ -172,7 +197,7 @@ class _Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("name,strat", [("random", {}), ("hard", {"refresh_every": 0})])
+@pytest.mark.parametrize("name,strat", [("random", {}), ("hard", {"refresh_every": 0}), ("hard", {"batches": "classes"})])
 def test_checkpoint_resume_matches_uninterrupted_run(name: str, strat: dict, data, tmp_path: Path) -> None:
     s = settings(name, loops=3, strategy=strat)
     full = train(s, MODEL, *data)

@@ -245,13 +245,101 @@ class SemiHardTripletLoss(BatchTripletLoss):
         }
 
 
+class RandomClassTripletLoss(BatchTripletLoss):
+    """The assignment's triplets inside a batch: every anchor-positive pair of the batch,
+    with its negative taken from one random *other class of the batch*.
+
+    Subclasses say which drawing of that class: :class:`InBatchRandomTripletLoss` a
+    random one (the assignment's random triplets), :class:`InBatchHardTripletLoss` the
+    one nearest the anchor (its hard triplets). The batch's classes are a uniform
+    sample, so the negative class is a uniformly random other class, as in the
+    assignment; with every drawing of each class in the batch, "nearest" is the
+    nearest of all the class's drawings, as the assignment mines it, under the
+    network of this very step. Each image is embedded once however many triplets
+    use it: a batch of P classes x K drawings holds P*K*(K-1) triplets.
+
+    ``draws`` (optional) are the random numbers in [0, 1): shape (n, m, 2), where
+    ``draws[a, r, 0]`` picks the negative class of anchor ``a``'s r-th positive (in
+    batch order; m >= the largest class count - 1) and ``draws[a, r, 1]`` the
+    drawing (random rule only). Training passes them from the strategy's seeded
+    NumPy generator, so runs repeat and resume exactly; without them they are drawn
+    with ``tf.random``. The loss is the mean over all anchor-positive pairs that
+    have another class in the batch, like the assignment's batch mean.
+    """
+
+    def compute(self, embeddings, labels, draws=None) -> dict[str, tf.Tensor]:
+        x = _as_float_tensor(embeddings)
+        d = pairwise_distances(x, kind=self.distance)
+        labels = tf.reshape(tf.convert_to_tensor(labels), [-1])
+        n = tf.shape(x)[0]
+        pos, _ = _label_masks(labels, n)
+        classes, cls_of = tf.unique(labels)  # cls_of: each image's class as 0..C-1
+        n_cls = tf.shape(classes)[0]
+        # Rank of each positive among its anchor's positives selects the anchor's draw.
+        rank = tf.cumsum(tf.cast(pos, tf.int32), axis=1) - 1
+        if draws is None:
+            u = tf.random.uniform(tf.stack([n, n, 2]), dtype=d.dtype)
+        else:
+            u = tf.gather(tf.cast(draws, d.dtype), tf.maximum(rank, 0), axis=1, batch_dims=1)  # (n, n, 2)
+        # A uniformly random class among the C - 1 others: 0..C-2, skipping the anchor's own.
+        others = tf.cast(tf.maximum(n_cls - 1, 1), d.dtype)
+        pick = tf.minimum(tf.cast(tf.floor(u[..., 0] * others), tf.int32), tf.maximum(n_cls - 2, 0))
+        neg_cls = pick + tf.cast(pick >= cls_of[:, None], tf.int32)  # (n, n): class of each pair's negative
+        neg_cls = tf.minimum(neg_cls, n_cls - 1)  # one-class batches: no valid pair, but keep indices in range
+        d_an = self._negative_distance(d, cls_of, n_cls, neg_cls, u[..., 1])
+        valid = tf.logical_and(pos, n_cls > 1)
+        losses = _hinge(d - d_an, self.margin, self.soft)
+        return {
+            "loss": _masked_mean(losses, valid),
+            "fraction_active": _fraction(tf.logical_and(valid, losses > 0), valid),
+            "num_valid": tf.reduce_sum(tf.cast(valid, tf.int32)),
+        }
+
+    def __call__(self, embeddings, labels, draws=None) -> tf.Tensor:
+        return self.compute(embeddings, labels, draws)["loss"]
+
+    def _negative_distance(self, d, cls_of, n_cls, neg_cls, u) -> tf.Tensor:
+        """d(anchor, negative) for every pair: (n, n)."""
+        raise NotImplementedError
+
+
+class InBatchHardTripletLoss(RandomClassTripletLoss):
+    """The assignment's hard triplets in a batch: the negative class's drawing nearest the anchor."""
+
+    name = "hard"
+
+    def _negative_distance(self, d, cls_of, n_cls, neg_cls, u):
+        nearest = tf.transpose(tf.math.unsorted_segment_min(tf.transpose(d), cls_of, n_cls))  # (n, C)
+        return tf.gather(nearest, neg_cls, batch_dims=1)
+
+
+class InBatchRandomTripletLoss(RandomClassTripletLoss):
+    """The assignment's random triplets in a batch: a random drawing of the negative class."""
+
+    name = "random"
+
+    def _negative_distance(self, d, cls_of, n_cls, neg_cls, u):
+        n = tf.shape(d)[0]
+        same = tf.equal(cls_of[:, None], cls_of[None, :])
+        earlier = tf.linalg.band_part(tf.ones((n, n), tf.int32), -1, 0) - tf.eye(n, dtype=tf.int32)  # i > j
+        slot = tf.reduce_sum(tf.cast(same, tf.int32) * earlier, axis=1)  # each image's place in its class
+        members = tf.scatter_nd(tf.stack([cls_of, slot], axis=1), tf.range(n), tf.stack([n_cls, n]))  # (C, n)
+        count = tf.math.bincount(cls_of, minlength=n_cls, maxlength=n_cls)
+        k = tf.gather(count, neg_cls)
+        which = tf.minimum(tf.cast(tf.floor(u * tf.cast(k, u.dtype)), tf.int32), k - 1)
+        j = tf.gather_nd(members, tf.stack([neg_cls, which], axis=-1))  # (n, n): the negative image
+        return tf.gather(d, j, batch_dims=1)
+
+
 LOSSES: dict[str, type[BatchTripletLoss]] = {
-    cls.name: cls for cls in (BatchAllTripletLoss, BatchHardTripletLoss, SemiHardTripletLoss)
+    cls.name: cls
+    for cls in (BatchAllTripletLoss, BatchHardTripletLoss, SemiHardTripletLoss, InBatchRandomTripletLoss, InBatchHardTripletLoss)
 }
 
 
 def get_loss(name: str, **kwargs) -> BatchTripletLoss:
-    """Batch loss by name ("batch_all", "batch_hard", "semi_hard"), e.g.
+    """Batch loss by name ("batch_all", "batch_hard", "semi_hard", and the assignment's
+    "random" and "hard" rules inside a batch), e.g.
     ``get_loss("batch_hard", margin=0.5, distance="euclidean")``."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")

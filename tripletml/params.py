@@ -64,9 +64,10 @@ class StrategyParams(_Strict):
     margin: float | None = Field(None, ge=0)
     soft_margin: bool | None = None
     warmup_loops: int = Field(0, ge=0)  # loops of random triplets first (reported as such)
-    refresh_every: int = Field(0, ge=0)  # hard: 0 = exact mining each step; k = table refreshed every k steps
-    classes_per_batch: int = Field(32, ge=2)  # online strategies: P
-    samples_per_class: int = Field(4, ge=2, le=20)  # online strategies: K
+    refresh_every: int = Field(0, ge=0)  # hard in triplet batches: 0 = exact mining each step; k = table refreshed every k steps
+    batches: Literal["triplets", "classes"] | None = None  # random, hard: see TrainParams.batches
+    classes_per_batch: int | None = Field(None, ge=2)  # class batches: P
+    samples_per_class: int | None = Field(None, ge=2, le=20)  # class batches: K (unset: 4 for the batch losses, every drawing for random/hard)
     augment: AugmentParams | None = None
 
 
@@ -74,7 +75,11 @@ class TrainParams(_Strict):
     seed: int = 0
     loops: int = Field(10, ge=1)
     steps_per_loop: int = Field(100, ge=1)
-    batch_size: int = Field(64, ge=2)
+    batch_size: int = Field(64, ge=2)  # triplets per step in triplet batches
+    # random, hard: "triplets" = the assignment's batch_size triplets through the 3-branch network;
+    # "classes" = P classes x all their drawings, every anchor-positive pair a triplet (losses.RandomClassTripletLoss)
+    batches: Literal["triplets", "classes"] = "classes"
+    classes_per_batch: int = Field(8, ge=2)  # P of class batches (every strategy but the triplet-batched ones)
     margin: float = Field(0.2, ge=0)
     soft_margin: bool = False
     distance: Literal["sqeuclidean", "euclidean", "cosine"] = "sqeuclidean"
@@ -117,7 +122,7 @@ class Params(_Strict):
         merged = self.train.model_dump()
         own = self.strategies.get(name, StrategyParams()).model_dump()
         for key, value in own.items():
-            if value is not None:
+            if value is not None or key not in merged:  # strategy-only keys are always present
                 merged[key] = value
         merged["strategy"] = name
         return merged
@@ -198,6 +203,8 @@ def _cross_checks(p: Params, source: str, use_prepared: bool = True) -> None:
         )
     for name in list(p.strategies) + p.extra_strategies:
         s = p.strategy(name)
+        if name not in TRIPLET_STRATEGIES and p.strategies.get(name, StrategyParams()).batches is not None:
+            raise ParamsError(f"{source}: strategies.{name}.batches: {name} always trains on class batches; only random and hard take this key")
         if name in TRIPLET_STRATEGIES and s["warmup_loops"] >= s["loops"]:
             raise ParamsError(f"{source}: strategies.{name}.warmup_loops = {s['warmup_loops']}: must be below loops ({s['loops']})")
 

@@ -10,8 +10,10 @@ the same batches.
   random other class *nearest* the anchor. Exact mode embeds the anchors and every
   candidate drawing in one batched forward pass per step; ``refresh_every=k`` mines
   from a table of training-set embeddings refreshed every k steps instead.
-* ``ClassBalancedBatches``: P classes x K drawings for the online batch losses
-  (batch-all, batch-hard, semi-hard), which mine inside the batch.
+* ``ClassBalancedBatches``: P classes x K drawings for the batch losses, which mine
+  inside the batch: batch-all, batch-hard, semi-hard, and the assignment's random and
+  hard rules themselves (``train.batches: classes``), for which the batch also carries
+  the random numbers that pick each pair's negative class (:func:`in_batch_triplets`).
 """
 
 from __future__ import annotations
@@ -32,11 +34,19 @@ class Batch:
     Triplet batches: x (B, 3, S, S, 1), y (B, 3) (anchor, positive, negative classes).
     Class-balanced batches: x (P*K, S, S, 1), y (P*K,).
     ``drawings`` holds the drawing index of every image (for triplets, (B, 3)).
+    ``draws``: for the in-batch random/hard rules, (P*K, K-1, 2) uniform numbers that
+    pick each anchor-positive pair's negative (see :func:`in_batch_triplets`).
     """
 
     x: np.ndarray
     y: np.ndarray
     drawings: np.ndarray | None = None
+    draws: np.ndarray | None = None
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """What a train step takes: (x, y) or (x, y, draws), all split by rows across replicas."""
+        x, y = np.asarray(self.x, np.float32), np.asarray(self.y, np.int32)
+        return (x, y) if self.draws is None else (x, y, np.asarray(self.draws, np.float32))
 
 
 def augment_rotations(X: np.ndarray) -> np.ndarray:
@@ -156,17 +166,30 @@ def nearest_candidate(anchors: np.ndarray, candidates: np.ndarray) -> np.ndarray
 
 
 class ClassBalancedBatches:
-    """P random classes x K random distinct drawings each, for the online batch losses."""
+    """P random classes x K random distinct drawings each, for the batch losses.
+
+    ``draws=True`` (the in-batch random and hard rules) adds, per image, K-1 pairs of
+    uniform numbers: the random choices of each of its anchor-positive pairs.
+    """
 
     uses_triplet_network = False
 
-    def __init__(self, X: np.ndarray, classes_per_batch: int, samples_per_class: int, rng: np.random.Generator, name: str = "batch_all"):
+    def __init__(
+        self,
+        X: np.ndarray,
+        classes_per_batch: int,
+        samples_per_class: int,
+        rng: np.random.Generator,
+        name: str = "batch_all",
+        draws: bool = False,
+    ):
         n_cls, n_draw = X.shape[:2]
         if classes_per_batch > n_cls:
             raise ValueError(f"classes_per_batch = {classes_per_batch} exceeds the {n_cls} training classes")
         if samples_per_class > n_draw:
             raise ValueError(f"samples_per_class = {samples_per_class} exceeds the {n_draw} drawings per class")
         self.X, self.P, self.K, self.rng, self.name = X, classes_per_batch, samples_per_class, rng, name
+        self.draws = draws
 
     def sample(self) -> Batch:
         n_cls, n_draw = self.X.shape[:2]
@@ -175,7 +198,51 @@ class ClassBalancedBatches:
         drw = np.argsort(self.rng.random((self.P, n_draw)), axis=1)[:, : self.K]
         cls = np.repeat(cls, self.K)
         drw = drw.reshape(-1)
-        return Batch(self.X[cls, drw][..., None], cls, drw)
+        draws = self.rng.random((self.P * self.K, self.K - 1, 2)) if self.draws else None
+        return Batch(self.X[cls, drw][..., None], cls, drw, draws)
+
+
+def in_batch_triplets(
+    embeddings: np.ndarray, labels: np.ndarray, draws: np.ndarray, rule: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (anchor, positive, negative) image indices the in-batch random/hard rules train on.
+
+    Every anchor-positive pair (a != p, same label), in row-major order; pair number r
+    of anchor a uses ``draws[a, r]``: ``[0]`` picks one of the batch's other classes
+    (classes numbered in order of first appearance, the anchor's own skipped), ``[1]``
+    a drawing of it in batch order (``rule="random"``), or ``rule="hard"`` takes its
+    drawing nearest the anchor (squared L2). The NumPy twin of
+    :class:`tripletml.losses.RandomClassTripletLoss`, which trains on the same
+    triplets; used to show mined triplets and to test the loss.
+    """
+    if rule not in ("random", "hard"):
+        raise ValueError(f"rule must be 'random' or 'hard', got {rule!r}")
+    labels = np.asarray(labels).reshape(-1)
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))  # sorted-label number -> first-appearance number
+    cls_of = order[inverse]
+    n_cls = len(first)
+    same = labels[:, None] == labels[None, :]
+    pos = same & ~np.eye(len(labels), dtype=bool)
+    if n_cls < 2:
+        empty = np.zeros(0, int)
+        return empty, empty, empty
+    a, p = np.nonzero(pos)
+    rank = np.cumsum(pos, axis=1)[a, p] - 1
+    u = np.asarray(draws)[a, rank]  # (pairs, 2)
+    pick = np.minimum(np.floor(u[:, 0] * (n_cls - 1)).astype(int), n_cls - 2)
+    neg_cls = pick + (pick >= cls_of[a])
+    in_class = cls_of[None, :] == neg_cls[:, None]  # (pairs, n): the negative class's images
+    if rule == "hard":
+        emb = np.asarray(embeddings, np.float64)
+        d = ((emb[a][:, None, :] - emb[None, :, :]) ** 2).sum(-1)
+        n = np.argmin(np.where(in_class, d, np.inf), axis=1)
+    else:
+        count = in_class.sum(axis=1)
+        which = np.minimum(np.floor(u[:, 1] * count).astype(int), count - 1)
+        # the (which+1)-th image of the class in batch order
+        n = np.argmax(np.cumsum(in_class, axis=1) == (which + 1)[:, None], axis=1)
+    return a, p, n
 
 
 def make_strategy(
@@ -186,6 +253,15 @@ def make_strategy(
     embed: EmbedFn | None = None,
 ):
     """Build a strategy by name from the effective settings of ``params.strategy(name)``."""
+    n_draw = X.shape[1]
+    if name in ("random", "hard") and settings.get("batches") == "classes":
+        k = settings.get("samples_per_class") or n_draw
+        if name == "hard" and k != n_draw:
+            raise ValueError(
+                f"strategies.hard.samples_per_class = {k}: hard takes the nearest of every drawing of the "
+                f"negative class, so a class batch holds all {n_draw} drawings of each class; leave it unset"
+            )
+        return ClassBalancedBatches(X, settings["classes_per_batch"], k, rng, name, draws=True)
     if name == "random":
         return RandomTriplets(X, settings["batch_size"], rng)
     if name == "hard":
@@ -193,5 +269,5 @@ def make_strategy(
             raise ValueError("the hard strategy needs the current network's embed function")
         return HardTriplets(X, settings["batch_size"], rng, embed, settings.get("refresh_every", 0))
     if name in ("batch_all", "batch_hard", "semi_hard"):
-        return ClassBalancedBatches(X, settings["classes_per_batch"], settings["samples_per_class"], rng, name)
+        return ClassBalancedBatches(X, settings["classes_per_batch"], settings.get("samples_per_class") or 4, rng, name)
     raise ValueError(f"unknown strategy {name!r}")

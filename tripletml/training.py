@@ -31,7 +31,7 @@ from tripletml.errors import TrainingError
 from tripletml.losses import TripletLoss, collapse_reason, get_loss
 from tripletml.models import build_embedding, build_triplet_network
 from tripletml.params import ONLINE_STRATEGIES, ParamsError
-from tripletml.selection import Batch, RandomTriplets, augment_rotations, make_strategy
+from tripletml.selection import Batch, augment_rotations, in_batch_triplets, make_strategy
 
 CHECKPOINT_STATE = "state.json"
 CHECKPOINT_ARRAYS = "arrays.npz"
@@ -107,7 +107,7 @@ class _Stepper:
             # A Keras Loss divides by the replica count on its own under tf.distribute; take the
             # plain batch mean so that the one explicit scaling below is the only one.
             keras_loss = loss_fn
-            loss_fn = lambda y, pred: tf.reduce_mean(keras_loss.call(y, pred))  # noqa: E731
+            loss_fn = lambda y, pred: tf.reduce_mean(keras_loss.call(y, pred))  # noqa: E731 - triplet batches: no draws
         self.loss_fn = loss_fn
         self.image_shape = image_shape
         self.distribution = distribution
@@ -116,18 +116,18 @@ class _Stepper:
         step = self._train_step if distribution is None else self._distributed_step
         self._step = tf.function(step, reduce_retracing=True)
 
-    def _distributed_step(self, x, y):
-        loss, pred = self.distribution.run(self._train_step, args=(x, y))
+    def _distributed_step(self, *arrays):
+        loss, pred = self.distribution.run(self._train_step, args=arrays)
         total = self.distribution.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
         return total, self.distribution.gather(pred, axis=0)  # the global batch's embeddings, in order
 
-    def _train_step(self, x, y):
+    def _train_step(self, x, y, *draws):
         if self.augmenter is not None:
             flat = tf.reshape(x, (-1, *self.image_shape))
             x = tf.reshape(self.augmenter(flat, training=True), tf.shape(x))
         with tf.GradientTape() as tape:
             pred = tf.cast(self.model(x, training=True), tf.float32)  # losses in float32 under mixed precision
-            loss = self.loss_fn(y, pred)
+            loss = self.loss_fn(y, pred, *draws)
             if self.model.losses:  # kernel regularisers of the assignment's archs
                 loss = loss + tf.add_n(self.model.losses)
             loss = loss * self.scale
@@ -137,10 +137,10 @@ class _Stepper:
 
     def __call__(self, batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
         """One step; returns the loss and the batch's embeddings (for strategies that observe them)."""
-        x, y = np.asarray(batch.x, np.float32), np.asarray(batch.y, np.int32)
+        arrays = batch.arrays()
         if self.distribution is None:
-            return self._step(tf.constant(x), tf.constant(y))
-        return self._step(*split_batch(self.distribution, x, y))
+            return self._step(*(tf.constant(a) for a in arrays))
+        return self._step(*split_batch(self.distribution, *arrays))
 
 
 class Trainer:
@@ -198,21 +198,28 @@ class Trainer:
         self.X = X
         self.rng = np.random.default_rng(seed)
         self.strategy = make_strategy(self.name, X, settings, self.rng, self.embed)
-        self.warmup = RandomTriplets(X, settings["batch_size"], self.rng) if settings["warmup_loops"] else None
+        # Warm-up: random triplets in the same batch form as the strategy's own.
+        self.warmup = make_strategy("random", X, settings, self.rng) if settings["warmup_loops"] else None
         self.total_steps = settings["loops"] * settings["steps_per_loop"]
         self.optimizer = make_optimizer(settings, self.total_steps)
         self.optimizer.build(self.embedding.trainable_variables)
         self.augmenter = make_augmenter(settings["augment"]["affine"], seed)
         image_shape = (self.image_size, self.image_size, 1)
-        self._steppers: dict[bool, _Stepper] = {}
-        triplet_loss = TripletLoss(margin=settings["margin"], soft=settings["soft_margin"], distance=settings["distance"])
-        if self.strategy.uses_triplet_network or self.warmup:
-            net = build_triplet_network(self.embedding, self.image_size)
-            self._steppers[True] = _Stepper(net, triplet_loss, self.optimizer, self.augmenter, image_shape, dist)
-        if not self.strategy.uses_triplet_network:
-            batch_loss = get_loss(self.name, margin=settings["margin"], soft=settings["soft_margin"], distance=settings["distance"])
-            loss_fn = lambda y, e: batch_loss(e, y)  # noqa: E731
-            self._steppers[False] = _Stepper(self.embedding, loss_fn, self.optimizer, self.augmenter, image_shape, dist)
+        # One compiled step per batch form: the 3-branch network for triplet batches, the
+        # embedding with the strategy's batch loss for class batches.
+        self._steppers: dict[str, _Stepper] = {}
+        loss_args = dict(margin=settings["margin"], soft=settings["soft_margin"], distance=settings["distance"])
+        for strategy in filter(None, (self.strategy, self.warmup)):
+            key = _stepper_key(strategy)
+            if key in self._steppers:
+                continue
+            if strategy.uses_triplet_network:
+                net = build_triplet_network(self.embedding, self.image_size)
+                self._steppers[key] = _Stepper(net, TripletLoss(**loss_args), self.optimizer, self.augmenter, image_shape, dist)
+            else:
+                batch_loss = get_loss(strategy.name, **loss_args)
+                loss_fn = lambda y, e, *draws, loss=batch_loss: loss(e, y, *draws)  # noqa: E731
+                self._steppers[key] = _Stepper(self.embedding, loss_fn, self.optimizer, self.augmenter, image_shape, dist)
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -284,16 +291,24 @@ class Trainer:
     def train_step(self, strategy, batch: Batch | None = None) -> tuple[tf.Tensor, Batch]:
         """Train on one batch (drawn from ``strategy`` unless given); returns the loss and the batch."""
         batch = strategy.sample() if batch is None else batch
-        loss, embeddings = self._steppers[strategy.uses_triplet_network](batch)
+        loss, embeddings = self._steppers[_stepper_key(strategy)](batch)
         if hasattr(strategy, "observe"):  # e.g. hard mining's table takes the fresh embeddings
             strategy.observe(batch, embeddings.numpy())
+        self._last_embeddings = embeddings
         return loss, batch
 
     def _record_examples(self, batch: Batch, loop: int, n: int = 8) -> None:
         """Keep a few mined triplets of the first and last main loop, for the report."""
-        if batch.y.ndim != 2:  # only triplet batches have (anchor, positive, negative) rows
+        if batch.y.ndim == 2:  # triplet batches: (anchor, positive, negative) rows
+            classes, drawings = batch.y[:n], batch.drawings[:n]
+        elif batch.draws is not None:  # class batches: the triplets the loss took, spread over the batch
+            a, p, neg = in_batch_triplets(np.asarray(self._last_embeddings), batch.y, batch.draws, self.strategy.name)
+            rows = np.unique(np.linspace(0, len(a) - 1, n).astype(int)) if len(a) else np.zeros(0, int)
+            idx = np.stack([a[rows], p[rows], neg[rows]], axis=1)
+            classes, drawings = batch.y[idx], batch.drawings[idx]
+        else:
             return
-        example = {"loop": loop + 1, "classes": batch.y[:n].tolist(), "drawings": batch.drawings[:n].tolist()}
+        example = {"loop": loop + 1, "classes": classes.tolist(), "drawings": drawings.tolist()}
         for key, at in (("first", self.s["warmup_loops"]), ("last", self.s["loops"] - 1)):
             if loop == at:
                 self.extra.setdefault("mined", {})[key] = example
@@ -347,11 +362,17 @@ class Trainer:
         )
 
 
+def _stepper_key(strategy) -> str:
+    """Strategies that train the same network with the same loss share a compiled step."""
+    return "triplets" if strategy.uses_triplet_network else strategy.name
+
+
 def _check_replica_split(settings: dict, n_replicas: int) -> None:
     """Every replica gets whole triplets (or whole classes): the global batch must split evenly."""
     if n_replicas == 1:
         return
-    key = "classes_per_batch" if settings["strategy"] in ONLINE_STRATEGIES else "batch_size"
+    classes = settings["strategy"] in ONLINE_STRATEGIES or settings.get("batches") == "classes"
+    key = "classes_per_batch" if classes else "batch_size"
     if settings[key] % n_replicas:
         raise ParamsError(
             f"strategies.{settings['strategy']}.{key} = {settings[key]}: must be a multiple of the "
