@@ -17,10 +17,16 @@ rotating order, within every repeat) and reported as the median over repeats:
                    anchor and the 20 drawings of its negative class, then the same step;
                    slow, so it runs only ``--baseline-steps`` steps per repeat;
 * ``bare step``    the compiled step alone, on one batch already in memory as tensors:
-                   the floor that shows the input pipeline's overhead.
+                   the floor that shows the input pipeline's overhead;
+* ``random classes`` / ``hard classes``  the assignment's rules in class batches
+                   (``train.batches: classes``): P classes x all their drawings a step,
+                   every anchor-positive pair a triplet (losses.RandomClassTripletLoss).
+
+The triplet modes use ``batch_size`` triplets whatever ``train.batches`` says; the
+class modes use ``classes_per_batch``.
 
 Warm-up calls trace every graph before timing. The last line printed is
-``hard/random step time: X.XX`` for the hard mode params.yaml uses.
+``hard/random step time: X.XX`` for the batch form and hard mode params.yaml uses.
 """
 
 from __future__ import annotations
@@ -113,7 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     train, val, source = load_sets(Path(params.data.prepared_dir), params.data.image_size)
     model_params = params.model.model_dump()
     base = params.strategy("hard")  # shared model, batch size, precision and augmentation
-    base.update(warmup_loops=0, n_way=min(base["n_way"], val.n_characters), val_tasks=1)
+    params_batches = base["batches"]
+    base.update(warmup_loops=0, n_way=min(base["n_way"], val.n_characters), val_tasks=1, batches="triplets")
+    classes = {**base, "batches": "classes"}
     params_refresh = base["refresh_every"]
     k = params_refresh or DEFAULT_REFRESH
 
@@ -125,12 +133,14 @@ def main(argv: list[str] | None = None) -> None:
         "hard exact": make_trainer({**base, "refresh_every": 0}, model_params, train, val),
         "hard refresh": make_trainer({**base, "refresh_every": k}, model_params, train, val),
         "assignment": make_trainer({**base, "refresh_every": 0}, model_params, train, val),
+        "random classes": make_trainer({**classes, "strategy": "random"}, model_params, train, val),
+        "hard classes": make_trainer(classes, model_params, train, val),
     }
     course_sample = course_hard_sample(trainers["assignment"])
     steps_of = {name: (lambda t=t: t.train_step(t.strategy)[0]) for name, t in trainers.items()}
     a = trainers["assignment"]
     steps_of["assignment"] = lambda: a.train_step(a.strategy, course_sample())[0]
-    steppers = {name: t._steppers[True] for name, t in trainers.items()}
+    stepper = trainers["random"]._steppers["triplets"]
     refresher = trainers["hard refresh"].strategy
     fixed = trainers["random"].strategy.sample()  # the bare step's one batch, kept as tensors
     fx, fy = tf.constant(fixed.x, tf.float32), tf.constant(fixed.y, tf.int32)
@@ -138,15 +148,15 @@ def main(argv: list[str] | None = None) -> None:
     # Warm-up: trace every graph (steps, embed, predict) and build the refresh table.
     for name in trainers:
         time_loop(steps_of[name], 1)
-    time_bare(steppers["random"], fx, fy, 1)
+    time_bare(stepper, fx, fy, 1)
 
-    modes = ["random", "bare step", "hard exact", "hard refresh", "assignment"]
+    modes = ["random", "bare step", "hard exact", "hard refresh", "assignment", "random classes", "hard classes"]
     times: dict[str, list[float]] = {m: [] for m in modes}
     refresh_times: list[float] = []
     for r in range(args.repeats):
         for m in modes[r % len(modes) :] + modes[: r % len(modes)]:  # rotate: no mode always runs first
             if m == "bare step":
-                times[m].append(time_bare(steppers["random"], fx, fy, args.steps))
+                times[m].append(time_bare(stepper, fx, fy, args.steps))
             elif m == "hard refresh":
                 t0 = time.perf_counter()
                 refresher.refresh()
@@ -166,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"data: {source}")
     print(
         f"model: {model_params['arch']} (filters {model_params['filters']}, blocks {model_params['blocks']}, "
-        f"embedding {model_params['embedding_dim']}), batch {base['batch_size']} triplets, precision {base['precision']}"
+        f"embedding {model_params['embedding_dim']}), batch {base['batch_size']} triplets "
+        f"(class batches: {classes['classes_per_batch']} classes x {train.X.shape[1]}), precision {base['precision']}"
     )
     print(f"repeats: {args.repeats} (median), steps per repeat: {args.steps} (assignment: {args.baseline_steps})")
     print()
@@ -177,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         "hard exact": "hard exact (refresh 0)",
         "hard refresh": f"hard refresh (every {k})",
         "assignment": "assignment (predict/triplet)",
+        "random classes": "random, class batches",
+        "hard classes": "hard, class batches",
     }
     for m in modes:
         v = times[m]
@@ -188,9 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     overhead = 100.0 * (med["random"] - med["bare step"]) / med["bare step"]
     print(f"input pipeline overhead (random Trainer loop vs bare step): {overhead:+.1f}%")
-    hard = "hard refresh" if params_refresh else "hard exact"
+    if params_batches == "classes":
+        hard, random = "hard classes", "random classes"
+    else:
+        hard, random = ("hard refresh" if params_refresh else "hard exact"), "random"
     print(f"hard mode in {args.params}: {labels[hard]}")
-    print(f"hard/random step time: {med[hard] / med['random']:.2f}")
+    print(f"hard/random step time: {med[hard] / med[random]:.2f}")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@
 How batches meet replicas: every worker draws the *same global batch* from the same
 seeded generator (selection, hard mining included, runs unchanged and identically on
 every worker, from the same weights), and replica ``r`` of ``R`` trains on the r-th
-contiguous slice of it: whole triplets for the triplet strategies, whole classes of a
-P x K batch for the online ones. Online miners therefore mine inside each replica's
+contiguous slice of it: whole triplets for triplet batches, whole classes of a P x K
+batch for class batches (with the rows of the batch's random draws). In-batch miners therefore mine inside each replica's
 P/R classes (per-device P x K batches, as in Hermans et al.), with no gather of
 embeddings before the loss; gradients are summed across replicas with the loss scaled
 by 1/R, so one step equals a single-device step on the global batch, and BatchNorm is
