@@ -74,11 +74,6 @@ def _ref_semi_hard(x, y, margin, soft, kind):
     return np.mean(values) if values else 0.0
 
 
-REFERENCES = {
-    "batch_all": lambda *args: _ref_batch_all(*args)[0],
-    "batch_hard": _ref_batch_hard,
-    "semi_hard": _ref_semi_hard,
-}
 
 
 def _random_batch(seed, n=14, dim=4, classes=4):
@@ -87,20 +82,6 @@ def _random_batch(seed, n=14, dim=4, classes=4):
 
 
 # ---------------------------------------------------------------- batch losses
-
-
-@pytest.mark.parametrize("name", sorted(REFERENCES))
-@pytest.mark.parametrize("soft", [False, True])
-@pytest.mark.parametrize("kind", KINDS)
-def test_batch_loss_matches_bruteforce(name, soft, kind):
-    margin = 0.0 if soft else 0.3 if kind == "cosine" else 1.0
-    loss = get_loss(name, margin=margin, soft=soft, distance=kind)
-    for seed in range(3):
-        x, y = _random_batch(seed)
-        got = float(loss(x.astype(np.float32), y))
-        want = REFERENCES[name](x, y, margin, soft, kind)
-        assert want > 0
-        assert got == pytest.approx(want, rel=1e-4, abs=1e-5), (seed, got, want)
 
 
 # ------------------------------------------- the assignment's rules inside a batch
@@ -127,21 +108,52 @@ def _ref_in_batch(x, y, draws, rule, margin, soft, kind):
     return np.mean(values) if values else 0.0
 
 
-@pytest.mark.parametrize("rule", ["random", "hard"])
+REFERENCES = {  # name -> reference(x, y, draws, margin, soft, kind); draws only for the in-batch rules
+    "batch_all": lambda x, y, draws, *args: _ref_batch_all(x, y, *args)[0],
+    "batch_hard": lambda x, y, draws, *args: _ref_batch_hard(x, y, *args),
+    "semi_hard": lambda x, y, draws, *args: _ref_semi_hard(x, y, *args),
+    "random": lambda *args: _ref_in_batch(*args[:3], "random", *args[3:]),
+    "hard": lambda *args: _ref_in_batch(*args[:3], "hard", *args[3:]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
 @pytest.mark.parametrize("soft", [False, True])
 @pytest.mark.parametrize("kind", KINDS)
-def test_in_batch_rules_match_bruteforce(rule, soft, kind):
+def test_batch_loss_matches_bruteforce(name, soft, kind):
     margin = 0.0 if soft else 0.3 if kind == "cosine" else 1.0
-    loss = get_loss(rule, margin=margin, soft=soft, distance=kind)
+    loss = get_loss(name, margin=margin, soft=soft, distance=kind)
     for seed in range(3):
         rng = np.random.default_rng(seed)
         y = rng.permutation(np.repeat([7, 3, 9, 1, 4], [4, 3, 5, 2, 4]))  # unequal classes, shuffled
         x = rng.normal(size=(len(y), 4))
-        draws = rng.random((len(y), 4, 2))
-        got = float(loss(x.astype(np.float32), y, draws))
-        want = _ref_in_batch(x, y, draws, rule, margin, soft, kind)
+        draws = rng.random((len(y), 4, 2))  # the in-batch rules' random choices
+        got = float(loss(x.astype(np.float32), y, draws) if name in ("random", "hard") else loss(x.astype(np.float32), y))
+        want = REFERENCES[name](x, y, draws, margin, soft, kind)
         assert want > 0
         assert got == pytest.approx(want, rel=1e-4, abs=1e-5), (seed, got, want)
+
+
+@pytest.mark.parametrize("rule", ["random", "hard"])
+def test_in_batch_loss_trains_on_the_triplets_its_numpy_twin_names(rule):
+    """selection.in_batch_triplets (the report's examples) and the loss agree triplet for triplet."""
+    from tripletml.selection import in_batch_triplets
+
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        y = rng.permutation(np.repeat(rng.permutation(20)[:6], rng.integers(2, 7, 6)))
+        x = rng.normal(size=(len(y), 5)).astype(np.float32)
+        draws = rng.random((len(y), 6, 2)).astype(np.float32)
+        a, p, n = in_batch_triplets(x, y, draws, rule)
+        per = triplet_margin_loss(x[a], x[p], x[n], margin=1.0, reduction="none")
+        assert float(get_loss(rule, margin=1.0)(x, y, draws)) == pytest.approx(float(np.mean(per)), rel=1e-5)
+
+
+def test_in_batch_rules_refuse_too_few_draws():
+    y = np.repeat([0, 1], 4)
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="draws must hold"):
+        get_loss("hard")(x, y, np.zeros((8, 2, 2), np.float32))  # 3 positives per anchor, 2 draws
 
 
 def test_in_batch_hard_takes_the_drawn_class_nearest_drawing():

@@ -52,7 +52,8 @@ def test_strategy_overrides_fall_back_to_train():
         ({"model": {"final_pool": "sometimes"}}, "model.final_pool = 'sometimes'"),
         ({"train": {"batches": "pairs"}}, "train.batches = 'pairs'"),
         ({"train": {"classes_per_batch": 1}}, "train.classes_per_batch = 1"),
-        ({"strategies": {"batch_all": {"batches": "triplets"}}}, "strategies.batch_all.batches: batch_all always trains on class batches"),
+        ({"strategies": {"batch_all": {"batches": "triplets"}}}, "strategies.batch_all.batches = 'triplets': batch_all always trains on class batches"),
+        ({"strategies": {"hard": {"samples_per_class": 5}}}, "strategies.hard.samples_per_class = 5: hard in class batches takes the nearest"),
         ({"data": {"image_size": 28}, "evaluate": {"tta_shift": 14}}, "evaluate.tta_shift = 14: shifts must stay below half of data.image_size (28)"),
     ],
 )

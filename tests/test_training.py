@@ -100,8 +100,8 @@ def test_hard_in_class_batches_warms_up_on_random_class_batches(data) -> None:
     assert set(trainer._steppers) == {"random", "hard"}  # no 3-branch network is built
     result = trainer.run()
     _check_result(result, loops=3, warmup=1)
-    # The report's examples are triplets the rule really took: anchor and positive share a
-    # class, the negative's is another, and (hard) it is that class's nearest in the batch.
+    # The report's examples are valid triplets of the batch (tests/test_losses.py checks that
+    # they are the very triplets the loss trains on).
     example = result.extra["mined"]["first"]
     classes, drawings = np.array(example["classes"]), np.array(example["drawings"])
     assert example["loop"] == 2 and len(classes) == 8
@@ -234,3 +234,15 @@ def test_checkpoint_of_other_settings_is_ignored(data, tmp_path: Path) -> None:
     other = Trainer(settings("random", loops=1, learning_rate=0.01), MODEL, *data)
     assert not other.load_checkpoint(tmp_path) and other.start_loop == 0
     assert not Trainer(settings("random", loops=1), MODEL, *data).load_checkpoint(tmp_path / "missing")
+
+
+def test_replica_split_checks_the_batch_form_in_use() -> None:
+    from tripletml.params import ParamsError
+
+    base = {"strategy": "hard", "batch_size": 8, "classes_per_batch": 5, "distribute": "mirrored"}
+    with pytest.raises(ParamsError, match=r"^classes_per_batch = 5 .*multiple of the 2 replicas"):
+        training._check_replica_split({**base, "batches": "classes"}, 2)
+    training._check_replica_split({**base, "batches": "triplets"}, 2)  # 8 triplets split evenly
+    with pytest.raises(ParamsError, match=r"^batch_size = 7 "):
+        training._check_replica_split({**base, "batches": "triplets", "batch_size": 7}, 2)
+    training._check_replica_split({**base, "batches": "classes"}, 1)  # one device: anything goes

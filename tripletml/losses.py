@@ -7,8 +7,11 @@ Two call shapes:
   concat(anchor, positive, negative); ``y_true`` is ignored.
 * Batch (online-mining) losses, in the style of pytorch-metric-learning:
   ``loss(embeddings, labels) -> scalar``. Each mines its triplets inside the batch
-  from ONE pairwise distance matrix and boolean masks (no Python loops), so the
-  (a, p, n) cube costs O(batch^3) memory: fine for batches of a few hundred.
+  from ONE pairwise distance matrix and boolean masks (no Python loops); batch-all and
+  semi-hard build the (a, p, n) cube, O(batch^3) memory: fine for batches of a few
+  hundred. The assignment's random and hard rules in a batch take the random numbers
+  of their choices as a third argument, ``loss(embeddings, labels, draws)``, and need
+  only O(batch^2).
 
 Every loss has a hinge form ``max(d_ap - d_an + margin, 0)`` and a soft-margin form
 ``softplus(d_ap - d_an)`` (Hermans et al. 2017), selected by ``soft=True``; the
@@ -280,7 +283,13 @@ class RandomClassTripletLoss(BatchTripletLoss):
         if draws is None:
             u = tf.random.uniform(tf.stack([n, n, 2]), dtype=d.dtype)
         else:
-            u = tf.gather(tf.cast(draws, d.dtype), tf.maximum(rank, 0), axis=1, batch_dims=1)  # (n, n, 2)
+            draws = tf.cast(draws, d.dtype)
+            # Every anchor needs a draw per positive (a too-narrow array would gather zeros on GPUs).
+            tf.debugging.assert_greater_equal(
+                tf.shape(draws)[1], tf.reduce_max(tf.reduce_sum(tf.cast(pos, tf.int32), axis=1)),
+                message="draws must hold a pair of numbers for each positive of every anchor",
+            )
+            u = tf.gather(draws, tf.maximum(rank, 0), axis=1, batch_dims=1)  # (n, n, 2)
         # A uniformly random class among the C - 1 others: 0..C-2, skipping the anchor's own.
         others = tf.cast(tf.maximum(n_cls - 1, 1), d.dtype)
         pick = tf.minimum(tf.cast(tf.floor(u[..., 0] * others), tf.int32), tf.maximum(n_cls - 2, 0))

@@ -55,7 +55,9 @@ class AugmentParams(_Strict):
 
 
 class StrategyParams(_Strict):
-    """Per-strategy settings; any ``None`` falls back to the shared ``train`` value."""
+    """Per-strategy settings; a ``None`` that ``train`` also has falls back to it
+    (``samples_per_class`` has no shared value: unset, it is 4 for the batch losses and
+    every drawing for random and hard in class batches)."""
 
     loops: int | None = Field(None, ge=1)
     steps_per_loop: int | None = Field(None, ge=1)
@@ -63,7 +65,7 @@ class StrategyParams(_Strict):
     learning_rate: float | None = Field(None, gt=0)
     margin: float | None = Field(None, ge=0)
     soft_margin: bool | None = None
-    warmup_loops: int = Field(0, ge=0)  # loops of random triplets first (reported as such)
+    warmup_loops: int = Field(0, ge=0)  # loops of the random rule first, in the strategy's batch form (reported as warm-up)
     refresh_every: int = Field(0, ge=0)  # hard in triplet batches: 0 = exact mining each step; k = table refreshed every k steps
     batches: Literal["triplets", "classes"] | None = None  # random, hard: see TrainParams.batches
     classes_per_batch: int | None = Field(None, ge=2)  # class batches: P
@@ -204,7 +206,14 @@ def _cross_checks(p: Params, source: str, use_prepared: bool = True) -> None:
     for name in list(p.strategies) + p.extra_strategies:
         s = p.strategy(name)
         if name not in TRIPLET_STRATEGIES and p.strategies.get(name, StrategyParams()).batches is not None:
-            raise ParamsError(f"{source}: strategies.{name}.batches: {name} always trains on class batches; only random and hard take this key")
+            raise ParamsError(
+                f"{source}: strategies.{name}.batches = {s['batches']!r}: {name} always trains on class batches; only random and hard take this key"
+            )
+        if name == "hard" and s["batches"] == "classes" and s["samples_per_class"] is not None:
+            raise ParamsError(
+                f"{source}: strategies.hard.samples_per_class = {s['samples_per_class']}: hard in class batches takes the nearest "
+                "of every drawing of the negative class, so its batches hold all drawings; leave the key unset"
+            )
         if name in TRIPLET_STRATEGIES and s["warmup_loops"] >= s["loops"]:
             raise ParamsError(f"{source}: strategies.{name}.warmup_loops = {s['warmup_loops']}: must be below loops ({s['loops']})")
 

@@ -235,8 +235,9 @@ def in_batch_triplets(
     in_class = cls_of[None, :] == neg_cls[:, None]  # (pairs, n): the negative class's images
     if rule == "hard":
         emb = np.asarray(embeddings, np.float64)
-        d = ((emb[a][:, None, :] - emb[None, :, :]) ** 2).sum(-1)
-        n = np.argmin(np.where(in_class, d, np.inf), axis=1)
+        sq = (emb * emb).sum(1)
+        d = sq[:, None] - 2.0 * emb @ emb.T + sq[None, :]  # (n, n), once; rows picked per pair
+        n = np.argmin(np.where(in_class, d[a], np.inf), axis=1)
     else:
         count = in_class.sum(axis=1)
         which = np.minimum(np.floor(u[:, 1] * count).astype(int), count - 1)

@@ -302,7 +302,12 @@ class Trainer:
         if batch.y.ndim == 2:  # triplet batches: (anchor, positive, negative) rows
             classes, drawings = batch.y[:n], batch.drawings[:n]
         elif batch.draws is not None:  # class batches: the triplets the loss took, spread over the batch
-            a, p, neg = in_batch_triplets(np.asarray(self._last_embeddings), batch.y, batch.draws, self.strategy.name)
+            emb, draws = np.asarray(self._last_embeddings), batch.arrays()[2]  # the float32 draws the step used
+            # Each replica mined inside its own contiguous slice of the batch: so does the twin.
+            share = len(batch.y) // replicas(self.distribution)
+            found = [in_batch_triplets(emb[i : i + share], batch.y[i : i + share], draws[i : i + share], self.strategy.name)
+                     for i in range(0, len(batch.y), share)]
+            a, p, neg = (np.concatenate([t[j] + i * share for i, t in enumerate(found)]) for j in range(3))
             rows = np.unique(np.linspace(0, len(a) - 1, n).astype(int)) if len(a) else np.zeros(0, int)
             idx = np.stack([a[rows], p[rows], neg[rows]], axis=1)
             classes, drawings = batch.y[idx], batch.drawings[idx]
@@ -375,7 +380,7 @@ def _check_replica_split(settings: dict, n_replicas: int) -> None:
     key = "classes_per_batch" if classes else "batch_size"
     if settings[key] % n_replicas:
         raise ParamsError(
-            f"strategies.{settings['strategy']}.{key} = {settings[key]}: must be a multiple of the "
+            f"{key} = {settings[key]} (train.{key}, or strategies.{settings['strategy']}.{key} where set): must be a multiple of the "
             f"{n_replicas} replicas of train.distribute = {settings.get('distribute')!r}"
         )
 
