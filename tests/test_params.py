@@ -124,6 +124,6 @@ def test_the_readme_command_for_the_assignment_profile_gives_its_settings():
         assert s["batches"] == "triplets" and s["batch_size"] == 64  # 64 triplets through the 3-branch network
         assert (s["loops"], s["steps_per_loop"], s["margin"], s["learning_rate"]) == (10, 100, 0.2, 0.001)
         assert (s["optimizer"], s["lr_schedule"], s["augment"], s["precision"]) == (
-            "adam", "constant", {"rotations": False, "affine": 0.0}, "float32")
+            "adam", "constant", {"rotations": False, "affine": 0.0, "flips": False}, "float32")
         assert s["warmup_loops"] == 0
     assert p.strategy("hard")["refresh_every"] == 0  # exact mining against the current network

@@ -10,6 +10,7 @@ from tripletml.selection import (
     ClassBalancedBatches,
     HardTriplets,
     RandomTriplets,
+    augment_flips,
     augment_rotations,
     in_batch_triplets,
     make_strategy,
@@ -236,6 +237,16 @@ def test_augment_rotations() -> None:
         for k in range(4):
             np.testing.assert_array_equal(out[i + k * n], np.rot90(base[i], k, axes=(1, 2)))
     assert not np.array_equal(out[n], out[0])  # a quarter turn really changes the image
+
+
+def test_augment_flips() -> None:
+    base = np.random.default_rng(9).random((3, 4, 5, 5)).astype(np.float32)
+    out = augment_flips(augment_rotations(base))
+    assert out.shape == (24, 4, 5, 5)
+    np.testing.assert_array_equal(out[:12], augment_rotations(base))  # original classes keep their index
+    for i in range(12):
+        np.testing.assert_array_equal(out[12 + i], np.flip(out[i], axis=2))  # left-right: the column axis
+    assert not np.array_equal(out[12], out[0])
 
 
 def _sequence(name: str, X: np.ndarray, seed: int, embed=None, steps: int = 5) -> list[Batch]:

@@ -109,6 +109,15 @@ def test_hard_in_class_batches_warms_up_on_random_class_batches(data) -> None:
     assert np.all(drawings[:, 0] != drawings[:, 1])
 
 
+@pytest.mark.parametrize("augment, factor", [({}, 1), ({"rotations": True}, 4), ({"rotations": True, "flips": True}, 8)])
+def test_augmented_classes_are_what_the_strategy_draws_from(augment: dict, factor: int, data) -> None:
+    trainer = Trainer(settings("random", augment=augment), MODEL, *data)
+    n = len(data[0].X)
+    assert trainer.X.shape == (factor * n, *data[0].X.shape[1:]) and trainer.strategy.X is trainer.X
+    if augment.get("flips"):  # the mirrored classes follow every rotated class
+        np.testing.assert_array_equal(trainer.X[4 * n + 1], data[0].X[1][..., ::-1])
+
+
 def test_hard_in_class_batches_needs_every_drawing(data) -> None:
     with pytest.raises(ValueError, match="strategies.hard.samples_per_class = 5"):
         Trainer(settings("hard", strategy={"batches": "classes", "samples_per_class": 5}), MODEL, *data)

@@ -52,6 +52,7 @@ class ModelParams(_Strict):
 class AugmentParams(_Strict):
     rotations: bool = False  # 90-degree rotations as new classes (Vinyals et al. 2016)
     affine: float = Field(0.0, ge=0.0, le=1.0)  # strength of random affine distortions (Koch et al. 2015)
+    flips: bool = False  # left-right mirror images (of the rotated classes too) as new classes
 
 
 class StrategyParams(_Strict):

@@ -58,6 +58,15 @@ def augment_rotations(X: np.ndarray) -> np.ndarray:
     return np.concatenate([np.rot90(X, k, axes=(2, 3)) for k in range(4)])
 
 
+def augment_flips(X: np.ndarray) -> np.ndarray:
+    """Add the left-right mirror image of every character as a new class.
+
+    (n, 20, S, S) -> (2n, 20, S, S); class ``i + n`` is class ``i`` mirrored. A mirrored
+    character is a plausible new character, as a rotated one is (:func:`augment_rotations`).
+    """
+    return np.concatenate([X, X[..., ::-1]])
+
+
 def _two_distinct(rng: np.random.Generator, n: int, high: int) -> tuple[np.ndarray, np.ndarray]:
     """n pairs of distinct integers in [0, high), uniformly (shift trick, no rejection loop)."""
     first = rng.integers(0, high, n)

@@ -31,7 +31,7 @@ from tripletml.errors import TrainingError
 from tripletml.losses import TripletLoss, collapse_reason, get_loss
 from tripletml.models import build_embedding, build_triplet_network
 from tripletml.params import ONLINE_STRATEGIES, ParamsError
-from tripletml.selection import Batch, augment_rotations, in_batch_triplets, make_strategy
+from tripletml.selection import Batch, augment_flips, augment_rotations, in_batch_triplets, make_strategy
 
 CHECKPOINT_STATE = "state.json"
 CHECKPOINT_ARRAYS = "arrays.npz"
@@ -195,6 +195,8 @@ class Trainer:
         X = train_set.X
         if settings["augment"]["rotations"]:
             X = augment_rotations(X)
+        if settings["augment"].get("flips"):
+            X = augment_flips(X)
         self.X = X
         self.rng = np.random.default_rng(seed)
         self.strategy = make_strategy(self.name, X, settings, self.rng, self.embed)
