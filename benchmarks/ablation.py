@@ -104,7 +104,7 @@ def main() -> None:
     row = {
         "label": args.label,
         "strategy": args.strategy,
-        "overrides": " ".join(args.overrides),
+        "overrides": " ".join(([f"--params {args.params}"] if args.params != "params.yaml" else []) + args.overrides),
         "best_val_acc20": round(result.best_val_acc20, 2),
         "last_val_acc20": round(result.history[-1].val_acc20, 2),
         "best_val_within20": round(within, 2),

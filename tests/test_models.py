@@ -6,6 +6,7 @@ from tripletml.losses import TripletLoss
 from tripletml.models import (
     ARCHITECTURES,
     FoldTriplets,
+    FusedBatchNormalization,
     L2Normalize,
     UnfoldTriplets,
     build_embedding,
@@ -169,3 +170,73 @@ def test_save_and_load_triplet_network(tmp_path):
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(np.asarray(loaded(triplets, training=False)), want, rtol=1e-6, atol=1e-6)
     assert isinstance(loaded.loss, TripletLoss) and loaded.loss.margin == 0.3
+
+
+def _bn_pair(policy: str):
+    """Keras's BatchNormalization and the fused one, same initial weights, under ``policy``."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras_bn, fused_bn = keras.layers.BatchNormalization(momentum=0.9), FusedBatchNormalization(momentum=0.9)
+        for layer in (keras_bn, fused_bn):
+            layer.build((None, 6, 6, 5))
+        rng = np.random.default_rng(3)
+        weights = [rng.uniform(0.5, 2.0, 5), rng.normal(0, 1, 5), rng.normal(0, 1, 5), rng.uniform(0.5, 2.0, 5)]
+        for layer in (keras_bn, fused_bn):
+            layer.set_weights([w.astype(np.float32) for w in weights])  # gamma, beta, moving mean, moving variance
+        return keras_bn, fused_bn
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("policy, atol", [("float32", 1e-5), ("mixed_bfloat16", 0.05)])
+def test_fused_batchnorm_computes_what_keras_batchnorm_does(policy: str, atol: float):
+    import tensorflow as tf
+
+    keras_bn, fused_bn = _bn_pair(policy)
+    x = tf.constant(np.random.default_rng(4).normal(2.0, 3.0, (7, 6, 6, 5)).astype(np.float32))
+    outs, grads = [], []
+    for layer in (keras_bn, fused_bn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.cast(layer(x, training=True), tf.float32)
+            loss = tf.reduce_sum(y * tf.cos(y))  # a non-linear loss: the gradient through the statistics matters
+        outs.append(y.numpy())
+        grads.append(tape.gradient(loss, [x, *layer.trainable_variables]))
+    np.testing.assert_allclose(outs[1], outs[0], atol=atol)
+    assert np.abs(outs[0]).max() > 0.5  # not a degenerate output
+    for g_fused, g_keras in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(np.asarray(g_fused, np.float32), np.asarray(g_keras, np.float32), atol=20 * atol, rtol=atol)
+    # Moving statistics take the same (biased) batch variance at the same momentum.
+    for v_fused, v_keras in zip(fused_bn.non_trainable_weights, keras_bn.non_trainable_weights):
+        np.testing.assert_allclose(v_fused.numpy(), v_keras.numpy(), rtol=1e-5)
+    seen = tf.cast(tf.cast(x, "bfloat16" if policy == "mixed_bfloat16" else "float32"), tf.float32)  # the layer's input
+    batch_var = np.var(seen.numpy(), axis=(0, 1, 2))
+    initial = _bn_pair("float32")[0].moving_variance.numpy()
+    expected = 0.9 * initial + 0.1 * batch_var
+    np.testing.assert_allclose(fused_bn.moving_variance.numpy(), expected, rtol=1e-4)
+    # Inference: the moving averages, not the batch's statistics.
+    np.testing.assert_allclose(
+        np.asarray(fused_bn(x, training=False), np.float32), np.asarray(keras_bn(x, training=False), np.float32), atol=atol
+    )
+
+
+def test_fused_batchnorm_falls_back_to_keras_where_it_cannot_fuse():
+    import tensorflow as tf
+
+    x = tf.constant(np.random.default_rng(5).normal(0.0, 1.0, (4, 6, 6, 5)).astype(np.float32))
+    flat = tf.reshape(x, (4 * 36, 5))  # 2-D input: no fused kernel
+    keras_bn, fused_bn = keras.layers.BatchNormalization(), FusedBatchNormalization()
+    assert not fused_bn._fusable(flat, None) and fused_bn._fusable(x, None)
+    np.testing.assert_allclose(fused_bn(flat, training=True).numpy(), keras_bn(flat, training=True).numpy(), atol=1e-5)
+    np.testing.assert_allclose(fused_bn.moving_variance.numpy(), keras_bn.moving_variance.numpy(), rtol=1e-6)
+    assert not FusedBatchNormalization(synchronized=True)._fusable(x, None)  # tf.distribute's global statistics
+
+
+def test_convnet_uses_the_fused_batchnorm_and_reloads(tmp_path):
+    model = build_embedding("convnet", 28, 16, filters=8)
+    assert sum(isinstance(layer, FusedBatchNormalization) for layer in model.layers) == 4
+    model(_images(6, 28), training=True)  # moves the moving averages off their initial values
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(again.get_layer("bn1"), FusedBatchNormalization)
+    np.testing.assert_allclose(again.predict(_images(3, 28, seed=1), verbose=0), model.predict(_images(3, 28, seed=1), verbose=0), atol=1e-6)

@@ -84,6 +84,57 @@ class UnfoldTriplets(keras.layers.Layer):
         return {**super().get_config(), "group": self.group}
 
 
+@keras.saving.register_keras_serializable(package="tripletml")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """Keras's BatchNormalization, computed by TensorFlow's fused batch-norm kernel.
+
+    Keras 3 normalises with separate moment, subtract, scale and shift ops in float32
+    (casting bf16 activations up and down); on this project's 2-core CPU that made the
+    convnet's four BatchNorms more than half of a training step (docs/results.md). The
+    fused kernel computes the same function in one pass - Keras 2's ``fused=True``,
+    which the assignment ran on - with the same weights, momentum and epsilon: batch
+    statistics (biased variance) in training, the moving averages otherwise. Other
+    cases (a mask, ``synchronized`` statistics under tf.distribute, renorm, an axis
+    other than the last of a 4-D input) take Keras's own path.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and not self.synchronized
+            and not self.renorm
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        channels = inputs.shape[-1]
+        scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones((channels,), tf.float32)
+        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros((channels,), tf.float32)
+        if training and self.trainable:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, scale, offset, epsilon=self.epsilon, is_training=True
+            )
+            # The kernel returns the Bessel-corrected variance; Keras averages the biased one.
+            n = tf.cast(tf.size(inputs) // channels, tf.float32)
+            variance = variance * (n - 1.0) / tf.maximum(n, 2.0)
+            m = self.momentum
+            self.moving_mean.assign(tf.cast(self.moving_mean, tf.float32) * m + mean * (1.0 - m))
+            self.moving_variance.assign(tf.cast(self.moving_variance, tf.float32) * m + variance * (1.0 - m))
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                inputs, scale, offset,
+                mean=tf.cast(self.moving_mean, tf.float32), variance=tf.cast(self.moving_variance, tf.float32),
+                epsilon=self.epsilon, is_training=False,
+            )  # fmt: skip
+        return tf.cast(y, self.compute_dtype)
+
+
 # --------------------------------------------------------------------------------
 # Builders.
 
@@ -103,7 +154,7 @@ def _make_layer(op: tuple, name: str, sync_batchnorm: bool = False) -> keras.lay
         return layers.MaxPooling2D(padding=op[1], name=name)
     if kind == "bn":
         # synchronized: under tf.distribute, statistics over the global batch, as on one device
-        return layers.BatchNormalization(synchronized=sync_batchnorm, name=name)
+        return FusedBatchNormalization(synchronized=sync_batchnorm, name=name)
     if kind == "relu":
         return layers.ReLU(name=name)
     if kind == "dropout":
