@@ -1,12 +1,15 @@
 """Benchmark: seconds per training step of the default convnet under compute settings.
 
-    python benchmarks/step_speed.py [--images 192] [--repeats 3] [--steps 30]
+    python benchmarks/step_speed.py [--images 160] [--repeats 3] [--steps 30]
 
 Times one compiled train step (forward, backward, Adam update) on ``--images`` random
-28x28 images (192 = a step of 64 triplets) for each setting, each in its own process so
-that precision policies and TensorFlow's threading do not leak between them:
+28x28 images (160 = the default class batch of 8 x 20; 192 = a step of 64 triplets) for
+each setting, each in its own process so that precision policies and TensorFlow's
+threading do not leak between them:
 
-* bf16: mixed_bfloat16 (the default), graph mode
+* bf16: mixed_bfloat16 (the default, with the fused BatchNorm), graph mode
+* bf16, Keras's BatchNorm: ``keras.layers.BatchNormalization`` in its place
+* bf16, no BatchNorm: the four BatchNorm layers left out (a different network; shows their cost)
 * float32: float32, graph mode
 * bf16 + XLA: mixed_bfloat16, ``jit_compile=True``
 * bf16, 1 inter-op thread: ``tf.config.threading.set_inter_op_parallelism_threads(1)``
@@ -27,6 +30,8 @@ from pathlib import Path
 
 SETTINGS = {
     "bf16": ({"precision": "mixed_bfloat16"}, {}),
+    "bf16, Keras's BatchNorm": ({"precision": "mixed_bfloat16", "bn": "keras"}, {}),
+    "bf16, no BatchNorm": ({"precision": "mixed_bfloat16", "bn": "none"}, {}),
     "float32": ({"precision": "float32"}, {}),
     "bf16 + XLA": ({"precision": "mixed_bfloat16", "jit": True}, {}),
     "bf16, 1 inter-op thread": ({"precision": "mixed_bfloat16", "inter_op": 1}, {}),
@@ -43,10 +48,14 @@ def time_one(setting: dict, images: int, repeats: int, steps: int) -> float:
         tf.config.threading.set_inter_op_parallelism_threads(setting["inter_op"])
     import keras
 
-    from tripletml.models import build_embedding
+    from tripletml import models
 
+    if setting.get("bn"):  # swap the layer the builder makes for "bn" specs
+        models.FusedBatchNormalization = (
+            keras.layers.BatchNormalization if setting["bn"] == "keras" else lambda **kw: keras.layers.Identity(name=kw["name"])
+        )
     keras.mixed_precision.set_global_policy(setting["precision"])
-    model = build_embedding("convnet", 28, 128, filters=64, blocks=4, pool_padding="same")
+    model = models.build_embedding("convnet", 28, 128, filters=64, blocks=4, pool_padding="same")
     optimizer = keras.optimizers.Adam(1e-3)
     x = tf.constant(np.random.default_rng(0).random((images, 28, 28, 1), dtype=np.float32))
 
@@ -72,7 +81,7 @@ def time_one(setting: dict, images: int, repeats: int, steps: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=192)
+    ap.add_argument("--images", type=int, default=160)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: time one setting and print JSON
