@@ -67,9 +67,8 @@ def within_accuracy(embedding, val_set, tasks: int, n_way: int, seed: int) -> fl
     from tripletml.embedder import make_embed_fn
 
     # Seeded apart from training's validation tasks ([seed, 1]) and test tasks ([seed, 2]).
-    found = oneshot.sample_tasks(val_set.c, val_set.n_characters, n_way, tasks, np.random.default_rng([seed, 3]), within_alphabet=True)
-    emb = oneshot.embed_set(make_embed_fn(embedding), val_set.X, used=found)
-    return 100.0 * float(oneshot.evaluate_tasks(emb, found).mean())
+    rng = np.random.default_rng([seed, 3])
+    return oneshot.test_oneshot(make_embed_fn(embedding), val_set.X, n_way, tasks, c=val_set.c, within_alphabet=True, rng=rng)
 
 
 def main() -> None:
