@@ -48,4 +48,4 @@ def pending_file(stage: str):
 
 def strategies(p: Params) -> list[str]:
     """Every strategy the pipeline trains, in report order."""
-    return ["random", "hard"] + [s for s in p.extra_strategies if s not in ("random", "hard")]
+    return p.trained()

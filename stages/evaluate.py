@@ -1,7 +1,8 @@
 """Stage `evaluate`: score every strategy's chosen model on the same 20-way test tasks.
 
 Writes metrics/evaluate.json (accuracy with 95% Wilson intervals, across alphabets,
-within alphabets, and the assignment's 250-task figure) and
+within alphabets, on 250 tasks, and on Lake et al.'s 20 official runs) for each strategy
+and for their ``ensemble`` (the strategies' embeddings concatenated), and
 data/evaluate/predictions.npz (every task and each model's pick, for the paired tests).
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import common
 import numpy as np
 
-from tripletml import oneshot, tracking, tta
+from tripletml import lake_runs, oneshot, tracking, tta
 from tripletml.atomic import atomic_path, ensure_writable, write_json
 from tripletml.data import DataError, load_prepared
 
@@ -28,6 +29,7 @@ def main() -> None:
     for s, d in model_dirs.items():
         if not (d / "embedding.keras").is_file():
             raise DataError(f"{d}/embedding.keras: missing (run `dvc repro train_{s}`)")
+    runs = lake_runs.read_lake_runs(Path(p.data.raw_dir) / "all_runs.zip")  # test data: scored, never used to choose
     ensure_writable("metrics", PREDICTIONS.parent)
     uri = tracking.default_tracking_uri()
     tracking.check_reachable(uri)
@@ -46,11 +48,16 @@ def main() -> None:
     saved = {"test_acc20": "", "within_acc20": "within_"}
     fields = ("query_char", "query_drawing", "support_chars", "support_drawings", "target")
     arrays = {f"{prefix}{f}": getattr(task_sets[key], f) for key, prefix in saved.items() for f in fields}
-    metrics = {}
+    metrics, tables, embeds = {}, {}, {}
     for s in names:
         embedder = load_embedder(model_dirs[s])
-        embed = tta.shift_averaged(embedder.embed_prepared, e.tta_shift, renormalize=embedder.unit_norm)
-        table = oneshot.embed_set(embed, test.X)  # every test image once
+        embeds[s] = tta.shift_averaged(embedder.embed_prepared, e.tta_shift, renormalize=embedder.unit_norm)
+        tables[s] = oneshot.embed_set(embeds[s], test.X)  # every test image once
+    lake_train, lake_test = lake_runs.to_model_images(runs, p.data.image_size)
+    # The ensemble: every strategy's (unit) embedding side by side, so its squared distance is their sum.
+    tables["ensemble"] = np.concatenate([tables[s] for s in names], axis=-1)
+    embeds["ensemble"] = lambda x: np.concatenate([embeds[s](x) for s in names], axis=-1)
+    for s, table in tables.items():
         row = {}
         for key, tasks in task_sets.items():
             pred = oneshot.predict_tasks(table, tasks)
@@ -60,9 +67,15 @@ def main() -> None:
                 low, high = oneshot.wilson_interval(int(correct.sum()), len(correct))
                 row[f"{key}_ci95_low"], row[f"{key}_ci95_high"] = round(100 * low, 3), round(100 * high, 3)
                 arrays[f"{saved[key]}pred_{s}"] = pred
+        right = lake_runs.score_lake_runs(embeds[s], lake_train, lake_test, runs.answer)
+        row["lake20_acc"] = round(lake_runs.lake_figures(right)["accuracy"], 3)
+        arrays[f"lake_right_{s}"] = right
         row["tasks"] = e.tasks
         metrics[s] = row
-        print(f"{s}: test_acc20 {row['test_acc20']:.1f} within_acc20 {row['within_acc20']:.1f} test_acc20_250 {row['test_acc20_250']:.1f}")
+        print(
+            f"{s}: test_acc20 {row['test_acc20']:.1f} within_acc20 {row['within_acc20']:.1f} "
+            f"test_acc20_250 {row['test_acc20_250']:.1f} lake20_acc {row['lake20_acc']:.1f}"
+        )
     with atomic_path(PREDICTIONS) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)

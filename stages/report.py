@@ -17,6 +17,7 @@ from tripletml.atomic import ensure_writable
 from tripletml.data import load_prepared
 
 OUT = Path("reports")
+SEED_RUNS = Path("docs/seed_runs.csv")  # the default run at other seeds (benchmarks/seeds.py)
 
 
 def main() -> None:
@@ -27,37 +28,38 @@ def main() -> None:
     histories = report.load_histories("metrics/history", names)
     predictions = report.load_predictions("data/evaluate/predictions.npz")
     mined = report.load_mined("models/hard/mined.json")
+    seeds = report.load_seed_runs(SEED_RUNS)
     prepared = Path(p.data.prepared_dir)
     ensure_writable(OUT)
     uri = tracking.default_tracking_uri()
     tracking.check_reachable(uri)
 
     table = report.comparison_table(evaluate, train)
-    tests = report.paired_tests(predictions, names, baseline="random")
+    tests = report.paired_tests(predictions, report.factor_pairs(table))
+    hard = p.strategy("hard")
     figures = {
-        "Accuracy per loop": report.plot_accuracy(histories, OUT / "accuracy.png", p.evaluate.n_way),
+        "Accuracy and loss per loop": report.plot_accuracy(
+            histories, OUT / "accuracy.png", p.evaluate.n_way, {s: train[s]["margin"] for s in names}
+        ),
         "Test tasks and each strategy's pick": report.plot_tasks(
             load_prepared(prepared / "test.npz").X, predictions, names, OUT / "tasks.png"
         ),
         "Triplets mined by the hard strategy": report.plot_hard_triplets(
-            load_prepared(prepared / "train.npz").X, mined, OUT / "hard_triplets.png"
+            load_prepared(prepared / "train.npz").X, mined, OUT / "hard_triplets.png",
+            title=f"Triplets mined by the hard strategy ({hard['sampler']} sampler, {hard['miner']} miner)",
         ),
     }
-    hard = p.strategy("hard")
     context = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         "image size": f"{p.data.image_size} px",
         "model": p.model.arch,
         "training time": f"{sum(t['train_seconds'] for t in train.values()):.0f} s",
-        "hard's batches": (
-            f"{hard['classes_per_batch']} classes x every drawing (all anchor-positive pairs)"
-            if hard["batches"] == "classes"
-            else f"{hard['batch_size']} triplets"
-        ),
+        "samplers": f"triplets = {p.train.batch_size} random anchor-positive pairs a step; "
+        f"classes = P classes x every drawing, every anchor-positive pair a triplet",
         "tasks": f"{p.evaluate.tasks} x {p.evaluate.n_way}-way",
         "test-time shifts": f"up to {p.evaluate.tta_shift} px" if p.evaluate.tta_shift else "none",
     }
-    written = report.write_report(OUT, table, tests, context, figures)
+    written = report.write_report(OUT, table, tests, context, figures, report.finding(tests, seeds))
     print(written["md"].read_text())
     tracking.log_evaluation(
         uri,

@@ -11,7 +11,7 @@ import yaml
 from synthetic import make_raw_dir
 
 REPO = Path(__file__).resolve().parents[1]
-TRACKED = ["dvc.yaml", "params.yaml", "stages", "tripletml", ".gitignore"]
+TRACKED = ["dvc.yaml", "params.yaml", "stages", "tripletml", ".gitignore", "docs/seed_runs.csv"]
 
 
 def stage_env(work: Path, **extra: str) -> dict[str, str]:
@@ -34,6 +34,7 @@ def make_repo(work: Path, train: dict | None = None, strategies: dict | None = N
     work.mkdir(parents=True, exist_ok=True)
     for name in TRACKED:
         src = REPO / name
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
             shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
@@ -44,14 +45,14 @@ def make_repo(work: Path, train: dict | None = None, strategies: dict | None = N
     p = yaml.safe_load((work / "params.yaml").read_text())
     p["data"].update(validation_alphabets=2)
     p["model"].update(filters=8, embedding_dim=16)
-    p["train"].update(loops=2, steps_per_loop=3, batch_size=8, classes_per_batch=4, val_tasks=10, n_way=5, precision="float32")
+    p["train"].update(loops=2, steps_per_loop=3, batch_size=8, classes_per_batch=4, val_tasks=10, test_tasks=10, n_way=5, precision="float32")
     p["train"].update(train or {})
     for overrides in p["strategies"].values():  # the tiny schedule above applies to every strategy
         for key in [k for k in overrides if k in p["train"]]:
             del overrides[key]
-    for name in ("batch_all", "batch_hard", "semi_hard"):  # P x K batches the synthetic alphabets can fill
-        p["strategies"].setdefault(name, {}).update(classes_per_batch=4, samples_per_class=2)
-    p["strategies"]["hard"].update(refresh_every=0, warmup_loops=0)
+    for name, s in p["strategies"].items():  # P x K batches the synthetic alphabets can fill
+        if s["miner"] not in ("random", "hard"):
+            s.update(classes_per_batch=4, samples_per_class=2)
     for name, values in (strategies or {}).items():
         p["strategies"].setdefault(name, {}).update(values)
     p["evaluate"].update(tasks=40, assignment_tasks=10, n_way=5)

@@ -51,6 +51,46 @@ def make_zip(
     return images
 
 
+def make_runs_zip(
+    path: Path,
+    seed: int = 3,
+    answer: np.ndarray | None = None,
+    same_images: bool = False,
+    members: dict[str, bytes | None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Write an ``all_runs.zip``-style archive (20 runs of 20 + 20 105x105 PNGs, answer keys).
+
+    ``answer[r, i]`` (default: a seeded permutation per run) is the training class of test
+    item i; ``same_images`` makes each test item a copy of its training image, otherwise
+    another drawing. ``members`` replaces members (None drops one). Returns the raw
+    ``train``, ``test`` and ``answer`` arrays written.
+    """
+    rng = np.random.default_rng(seed)
+    if answer is None:
+        answer = np.stack([rng.permutation(20) for _ in range(20)])
+    train = np.stack([[glyph(seed * 100_000 + r * 100 + j, 0) for j in range(20)] for r in range(20)])
+    test = np.stack([
+        [train[r, answer[r, i]] if same_images else glyph(seed * 100_000 + r * 100 + answer[r, i], 1) for i in range(20)]
+        for r in range(20)
+    ])
+    files: dict[str, bytes | None] = {}
+    for r in range(20):
+        run = f"run{r + 1:02d}"
+        files[f"{run}/"] = b""
+        files[f"{run}/class_labels.txt"] = "".join(
+            f"{run}/test/item{i + 1:02d}.png {run}/training/class{answer[r, i] + 1:02d}.png\n" for i in range(20)
+        ).encode()
+        for folder, name, images in (("test", "item", test), ("training", "class", train)):
+            files[f"{run}/{folder}/"] = b""
+            files.update({f"{run}/{folder}/{name}{k + 1:02d}.png": png_bytes(images[r, k]) for k in range(20)})
+    files.update(members or {})
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in files.items():
+            if data is not None:
+                zf.writestr(member, data)
+    return {"train": train, "test": test, "answer": np.asarray(answer)}
+
+
 BACKGROUND = {f"Alpha{i}": 6 + i % 3 for i in range(6)}
 EVALUATION = {f"Eval{i}": 5 + i % 2 for i in range(3)}
 
@@ -59,4 +99,5 @@ def make_raw_dir(raw_dir: Path) -> Path:
     raw_dir.mkdir(parents=True, exist_ok=True)
     make_zip(raw_dir / "images_background.zip", "background", BACKGROUND, seed=1)
     make_zip(raw_dir / "images_evaluation.zip", "evaluation", EVALUATION, seed=2)
+    make_runs_zip(raw_dir / "all_runs.zip")  # present, so the download stage fetches nothing
     return raw_dir

@@ -61,9 +61,9 @@ def _free_ports(n: int) -> list[int]:
 
 def test_two_localhost_workers_train_in_lockstep_and_only_the_chief_writes(tmp_path: Path) -> None:
     train = {"loops": 2, "steps_per_loop": 4, "distribute": "multi_worker"}
-    chief_dir = make_repo(tmp_path / "chief", train=train, strategies={"hard": {"refresh_every": 3}})
+    chief_dir = make_repo(tmp_path / "chief", train=train)
     run_ok(["dvc", "repro", "prepare"], chief_dir)
-    worker_dir = make_repo(tmp_path / "worker", train=train, strategies={"hard": {"refresh_every": 3}})
+    worker_dir = make_repo(tmp_path / "worker", train=train)
     shutil.copytree(chief_dir / "data" / "prepared", worker_dir / "data" / "prepared")  # shared storage, in a cluster
     before = {p.relative_to(worker_dir) for p in worker_dir.rglob("*")}
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]

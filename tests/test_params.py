@@ -1,6 +1,7 @@
 """params.yaml validation: every bad value gets one clear error naming the key and the value."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,58 +12,174 @@ import yaml
 from tripletml.params import ParamsError, load_params, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
+PAIR = {"random": {"sampler": "triplets", "miner": "random"}, "hard": {"sampler": "triplets", "miner": "hard"}}
 
 
-def test_the_committed_params_file_is_valid():
+def _with(**strategies) -> dict:
+    """A strategies mapping: the assignment's pair plus (or replaced by) the given ones."""
+    return {**PAIR, **strategies}
+
+
+def _error(raw: dict) -> str:
+    with pytest.raises(ParamsError) as err:
+        validate_params(raw, "params.yaml")
+    message = str(err.value)
+    assert message.startswith("params.yaml: ") and "\n" not in message
+    return message
+
+
+# ----------------------------------------------------------------------------- the committed file
+
+
+def test_the_committed_params_file_is_valid_and_trains_its_design():
     p = load_params(REPO / "params.yaml")
-    hard = p.strategy("hard")
-    assert hard["strategy"] == "hard" and hard["loops"] == p.train.loops
+    assert p.trained() == ["random", "hard", *p.extra_strategies]
+    design = {name: (p.strategy(name)["sampler"], p.strategy(name)["miner"]) for name in p.trained()}
+    assert design["random"] == ("triplets", "random") and design["hard"] == ("triplets", "hard")
+    for name, (sampler, miner) in design.items():
+        assert sampler in ("triplets", "classes")
+        if sampler == "triplets":
+            assert miner in ("random", "hard")
+
+
+@pytest.mark.parametrize("pair", [("random", "hard"), ("random_classes", "hard_classes")])
+def test_the_committed_pairs_differ_in_the_miner_only(pair):
+    """The paired comparisons are fair only if nothing but the miner differs."""
+    p = load_params(REPO / "params.yaml")
+    a, b = (p.strategy(name) for name in pair)
+    assert a.keys() == b.keys()
+    assert {k for k in a if a[k] != b[k]} == {"miner", "strategy"}
+    assert (a["miner"], b["miner"]) == ("random", "hard")
+
+
+def test_the_committed_samplers_differ_in_the_sampler_only():
+    """Likewise the sampler comparisons: random against random_classes, hard against hard_classes.
+
+    Only the sampler and its own key (samples_per_class, unset: every drawing) may differ."""
+    p = load_params(REPO / "params.yaml")
+    for triplets, classes in (("random", "random_classes"), ("hard", "hard_classes")):
+        a, b = p.strategy(triplets), p.strategy(classes)
+        assert {k for k in a if a[k] != b[k]} == {"sampler", "strategy"}
+
+
+# ----------------------------------------------------------------------------- effective settings
 
 
 def test_strategy_overrides_fall_back_to_train():
-    p = validate_params({"train": {"loops": 7, "batch_size": 32}, "strategies": {"hard": {"batch_size": 16}}})
-    assert p.strategy("hard")["batch_size"] == 16
-    assert p.strategy("hard")["loops"] == 7
-    assert p.strategy("random")["batch_size"] == 32
-    p = validate_params({"train": {"classes_per_batch": 6}, "strategies": {"hard": {"batches": "triplets"}, "batch_all": {"classes_per_batch": 16}}})
-    assert (p.strategy("random")["batches"], p.strategy("hard")["batches"]) == ("classes", "triplets")
-    assert (p.strategy("random")["classes_per_batch"], p.strategy("batch_all")["classes_per_batch"]) == (6, 16)
-    assert p.strategy("hard")["samples_per_class"] is None  # every drawing (selection.make_strategy)
+    p = validate_params(
+        {
+            "train": {"loops": 7, "batch_size": 32, "classes_per_batch": 6, "test_tasks": 100},
+            "strategies": _with(
+                hard={"sampler": "triplets", "miner": "hard", "batch_size": 16},
+                batch_all={"sampler": "classes", "miner": "batch_all", "classes_per_batch": 16, "samples_per_class": 4},
+            ),
+            "extra_strategies": ["batch_all"],
+        }
+    )
+    hard, random, batch_all = p.strategy("hard"), p.strategy("random"), p.strategy("batch_all")
+    assert (hard["batch_size"], random["batch_size"]) == (16, 32)
+    assert hard["loops"] == random["loops"] == batch_all["loops"] == 7
+    assert hard["test_tasks"] == 100
+    assert (random["classes_per_batch"], batch_all["classes_per_batch"]) == (6, 16)
+    assert (batch_all["sampler"], batch_all["miner"], batch_all["samples_per_class"]) == ("classes", "batch_all", 4)
+    assert hard["samples_per_class"] is None  # no shared value: every drawing
+    assert (hard["strategy"], batch_all["strategy"]) == ("hard", "batch_all")
+    with pytest.raises(ParamsError, match=r"strategies.hardd: no such strategy \(did you mean 'hard'\?\)"):
+        p.strategy("hardd")
+
+
+def test_defaults_are_the_assignment_pair():
+    p = validate_params({})
+    assert p.trained() == ["random", "hard"]
+    assert (p.strategy("random")["sampler"], p.strategy("random")["miner"]) == ("triplets", "random")
+    assert (p.strategy("hard")["sampler"], p.strategy("hard")["miner"]) == ("triplets", "hard")
+    assert p.train.test_tasks == 250
+
+
+def test_trained_order_is_the_pair_then_the_extras_as_listed():
+    strategies = _with(
+        batch_all={"sampler": "classes", "miner": "batch_all"},
+        random_classes={"sampler": "classes", "miner": "random"},
+        semi_hard={"sampler": "classes", "miner": "semi_hard"},
+    )
+    p = validate_params({"strategies": strategies, "extra_strategies": ["batch_all", "random_classes", "batch_all"]})
+    assert p.trained() == ["random", "hard", "batch_all", "random_classes"]  # once each; semi_hard defined, not trained
+    p = validate_params({"strategies": strategies, "extra_strategies": ["semi_hard"]})
+    assert p.trained() == ["random", "hard", "semi_hard"]
+
+
+# ----------------------------------------------------------------------------- errors
 
 
 @pytest.mark.parametrize(
     "raw, expected",
     [
         ({"train": {"lerning_rate": 0.1}}, "unknown key 'train.lerning_rate' (did you mean 'learning_rate'?)"),
-        ({"strategies": {"hard": {"refresh_evry": 5}}}, "unknown key 'strategies.hard.refresh_evry' (did you mean 'refresh_every'?)"),
+        ({"strategies": _with(hard={**PAIR["hard"], "magin": 1.0})}, "unknown key 'strategies.hard.magin' (did you mean 'margin'?)"),
         ({"modle": {}}, "unknown key 'modle' (did you mean 'model'?)"),
         ({"train": {"loops": 0}}, "train.loops = 0"),
         ({"train": {"steps_per_loop": -5}}, "train.steps_per_loop = -5"),
         ({"train": {"batch_size": 0}}, "train.batch_size = 0"),
         ({"train": {"margin": -0.1}}, "train.margin = -0.1"),
         ({"train": {"loops": "ten"}}, "train.loops = 'ten'"),
+        ({"train": {"test_tasks": 0}}, "train.test_tasks = 0"),
         ({"model": {"arch": "resnet"}}, "model.arch = 'resnet'"),
-        ({"extra_strategies": ["hardest"]}, "unknown strategy 'hardest'"),
         ({"data": {"image_size": 28}, "model": {"arch": "schroff"}}, "data.image_size = 28: too small for model.arch 'schroff' (needs >= 38)"),
-        ({"strategies": {"hard": {"warmup_loops": 10}}}, "strategies.hard.warmup_loops = 10: must be below loops"),
         ({"train": {"distribute": "spark"}}, "train.distribute = 'spark'"),
         ({"train": {"cpu_replicas": 0}}, "train.cpu_replicas = 0"),
         ({"evaluate": {"tta_shift": -1}}, "evaluate.tta_shift = -1"),
         ({"model": {"pool_padding": "full"}}, "model.pool_padding = 'full'"),
         ({"model": {"final_pool": "sometimes"}}, "model.final_pool = 'sometimes'"),
-        ({"train": {"batches": "pairs"}}, "train.batches = 'pairs'"),
         ({"train": {"classes_per_batch": 1}}, "train.classes_per_batch = 1"),
-        ({"strategies": {"batch_all": {"batches": "triplets"}}}, "strategies.batch_all.batches = 'triplets': batch_all always trains on class batches"),
-        ({"strategies": {"hard": {"samples_per_class": 5}}}, "strategies.hard.samples_per_class = 5: hard in class batches takes the nearest"),
         ({"data": {"image_size": 28}, "evaluate": {"tta_shift": 14}}, "evaluate.tta_shift = 14: shifts must stay below half of data.image_size (28)"),
+        # removed keys are refused, not silently ignored
+        ({"train": {"batches": "triplets"}}, "unknown key 'train.batches'"),
+        ({"strategies": _with(hard={**PAIR["hard"], "refresh_every": 5})}, "unknown key 'strategies.hard.refresh_every'"),
+        ({"strategies": _with(hard={**PAIR["hard"], "warmup_loops": 2})}, "unknown key 'strategies.hard.warmup_loops'"),
+        # sampler and miner
+        ({"strategies": _with(hard={"sampler": "pairs", "miner": "hard"})}, "strategies.hard.sampler = 'pairs'"),
+        ({"strategies": _with(x={"sampler": "classes", "miner": "hardest"})}, "strategies.x.miner = 'hardest'"),
+        ({"strategies": _with(x={"miner": "batch_all"})}, "strategies.x.sampler"),
+        ({"strategies": _with(x={"sampler": "classes"})}, "strategies.x.miner"),
+        (
+            {"strategies": _with(x={"sampler": "triplets", "miner": "batch_all"}), "extra_strategies": ["x"]},
+            "strategies.x.miner = 'batch_all': the triplets sampler takes the random or hard miner",
+        ),
+        (
+            {"strategies": _with(x={"sampler": "triplets", "miner": "semi_hard"}), "extra_strategies": ["x"]},
+            "strategies.x.miner = 'semi_hard': the triplets sampler takes the random or hard miner",
+        ),
+        (
+            {"strategies": _with(hard={"sampler": "classes", "miner": "hard", "samples_per_class": 5})},
+            "strategies.hard.samples_per_class = 5: the hard miner takes the nearest of every drawing",
+        ),
+        ({"strategies": _with(x={"sampler": "classes", "miner": "batch_all", "samples_per_class": 21})}, "strategies.x.samples_per_class = 21"),
+        # the pair and the names
+        ({"strategies": _with(random={"sampler": "triplets", "miner": "hard"})}, "strategies.random.miner = 'hard': the random strategy uses the random miner"),
+        ({"strategies": _with(hard={"sampler": "classes", "miner": "random"})}, "strategies.hard.miner = 'random': the hard strategy uses the hard miner"),
+        ({"strategies": {"random": PAIR["random"]}}, "strategies.hard is missing"),
+        ({"strategies": _with(**{"Bad-Name": {"sampler": "classes", "miner": "batch_all"}})}, "strategy name 'Bad-Name': use lower-case letters, digits and _"),
+        ({"strategies": _with(ensemble={"sampler": "classes", "miner": "batch_all"})}, "strategy name 'ensemble'"),
+        (
+            {"strategies": _with(hard_classes={"sampler": "classes", "miner": "hard"}), "extra_strategies": ["hard_clases"]},
+            "extra_strategies: 'hard_clases' is not a strategy defined under strategies (besides random and hard) (did you mean 'hard_classes'?)",
+        ),
+        ({"extra_strategies": ["hard"]}, "extra_strategies: 'hard' is not a strategy defined under strategies (besides random and hard)"),
     ],
 )
 def test_bad_values_name_the_key_and_value(raw, expected):
-    with pytest.raises(ParamsError) as err:
-        validate_params(raw, "params.yaml")
-    assert expected in str(err.value)
-    assert str(err.value).startswith("params.yaml: ")
-    assert "\n" not in str(err.value)
+    assert expected in _error(raw)
+
+
+def test_the_triplets_sampler_takes_the_assignment_miners_only():
+    for miner in ("random", "hard"):
+        validate_params({"strategies": _with(x={"sampler": "triplets", "miner": miner}), "extra_strategies": ["x"]})
+    for miner in ("batch_all", "batch_hard", "semi_hard"):
+        validate_params({"strategies": _with(x={"sampler": "classes", "miner": miner}), "extra_strategies": ["x"]})
+        message = _error({"strategies": _with(x={"sampler": "triplets", "miner": miner}), "extra_strategies": ["x"]})
+        assert f"strategies.x.miner = {miner!r}" in message
+    # The hard miner on class batches takes every drawing; the random one may take fewer.
+    validate_params({"strategies": _with(x={"sampler": "classes", "miner": "random", "samples_per_class": 5}), "extra_strategies": ["x"]})
 
 
 def test_n_way_above_the_smallest_official_evaluation_alphabet_is_refused(tmp_path):
@@ -90,8 +207,11 @@ def test_n_way_is_checked_against_the_prepared_test_set(tmp_path):
 def test_unreadable_yaml_is_one_line(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("train: [unclosed\n")
-    with pytest.raises(ParamsError, match=r"params.yaml: not valid YAML"):
+    with pytest.raises(ParamsError, match=r"params.yaml: not valid YAML") as err:
         load_params(bad)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ParamsError, match=r"nowhere.yaml: cannot read"):
+        load_params(tmp_path / "nowhere.yaml")
 
 
 def test_a_stage_with_bad_params_exits_before_work(tmp_path):
@@ -106,8 +226,6 @@ def test_a_stage_with_bad_params_exits_before_work(tmp_path):
 
 def test_the_readme_command_for_the_assignment_profile_gives_its_settings():
     """README's `dvc exp run -S ...` applied to params.yaml is the course's configuration."""
-    import re
-
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     block = readme.split("### The assignment's own configuration", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
@@ -118,12 +236,13 @@ def test_the_readme_command_for_the_assignment_profile_gives_its_settings():
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
     p = validate_params(raw, use_prepared=False)
-    assert (p.data.image_size, p.model.arch, p.evaluate.tta_shift, p.extra_strategies) == (105, "schroff", 0, [])
-    for name in ("random", "hard"):
-        s = p.strategy(name)
-        assert s["batches"] == "triplets" and s["batch_size"] == 64  # 64 triplets through the 3-branch network
+    assert (p.data.image_size, p.model.arch, p.evaluate.tta_shift, p.trained()) == (105, "schroff", 0, ["random", "hard"])
+    settings = {name: p.strategy(name) for name in ("random", "hard")}
+    for name, s in settings.items():
+        assert (s["sampler"], s["miner"], s["batch_size"]) == ("triplets", name, 64)  # 64 triplets through the 3-branch network
         assert (s["loops"], s["steps_per_loop"], s["margin"], s["learning_rate"]) == (10, 100, 0.2, 0.001)
         assert (s["optimizer"], s["lr_schedule"], s["augment"], s["precision"]) == (
             "adam", "constant", {"rotations": False, "affine": 0.0, "flips": False}, "float32")
-        assert s["warmup_loops"] == 0
-    assert p.strategy("hard")["refresh_every"] == 0  # exact mining against the current network
+        assert s["test_tasks"] == 250  # the assignment's per-loop figure
+    a, b = settings.values()
+    assert {k for k in a if a[k] != b[k]} == {"miner", "strategy"}

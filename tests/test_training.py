@@ -35,92 +35,131 @@ def data() -> tuple[OmniglotSet, OmniglotSet, OmniglotSet]:
     return _make_set(12, 0), _make_set(6, 1), _make_set(6, 2)
 
 
+STRATEGIES = {
+    "random": {"sampler": "triplets", "miner": "random"},
+    "hard": {"sampler": "triplets", "miner": "hard"},
+    "random_classes": {"sampler": "classes", "miner": "random"},
+    "hard_classes": {"sampler": "classes", "miner": "hard"},
+    "batch_all": {"sampler": "classes", "miner": "batch_all", "samples_per_class": 3},
+    "batch_hard": {"sampler": "classes", "miner": "batch_hard", "samples_per_class": 3},
+    "semi_hard": {"sampler": "classes", "miner": "semi_hard", "samples_per_class": 3},
+}
+
+
 def settings(name: str, **overrides) -> dict:
     """Effective settings through the real params schema, at toy sizes."""
-    strat = {} if name in ("random", "hard") else {"samples_per_class": 3}
-    strat.update(overrides.pop("strategy", {}))
-    train_params = {"loops": 2, "steps_per_loop": 2, "batch_size": 8, "val_tasks": 12, "n_way": 5, "seed": 3}
-    train_params.update(batches="triplets", classes_per_batch=4)  # the assignment's triplets unless a test asks
+    strategies = {k: dict(v) for k, v in STRATEGIES.items()}
+    strategies[name].update(overrides.pop("strategy", {}))
+    train_params = {"loops": 2, "steps_per_loop": 2, "batch_size": 8, "val_tasks": 12, "test_tasks": 10, "n_way": 5, "seed": 3}
+    train_params.update(classes_per_batch=4)
     train_params.update(overrides)
     params = validate_params(
-        {"data": {"image_size": S}, "model": {k: v for k, v in MODEL.items() if k != "arch"}, "train": train_params, "strategies": {name: strat}}
+        {"data": {"image_size": S}, "model": {k: v for k, v in MODEL.items() if k != "arch"}, "train": train_params,
+         "strategies": strategies}
     )
     return params.strategy(name)
 
 
-def _check_result(result: TrainResult, loops: int, warmup: int = 0) -> None:
+def _check_result(result: TrainResult, loops: int) -> None:
     assert isinstance(result, TrainResult)
     assert [r.loop for r in result.history] == list(range(1, loops + 1))
     assert all(np.isfinite(r.loss) and r.loss >= 0 for r in result.history)
-    assert all(0.0 <= r.val_acc20 <= 100.0 and r.test_acc20 is not None for r in result.history)
-    assert [r.phase for r in result.history] == ["warmup"] * warmup + ["main"] * (loops - warmup)
+    assert all(0.0 <= r.val_acc20 <= 100.0 and 0.0 <= r.test_acc20_250 <= 100.0 for r in result.history)
     assert 1 <= result.best_loop <= loops
     assert result.best_val_acc20 == max(r.val_acc20 for r in result.history)
     assert result.steps == loops * result.history[0].steps and result.seconds_per_step > 0
 
 
-CASES = {
-    "random": ("random", {}),
-    "random_classes": ("random", {"batches": "classes"}),
-    "hard_classes": ("hard", {"batches": "classes"}),
-    "hard_exact": ("hard", {"refresh_every": 0}),
-    "hard_refresh": ("hard", {"refresh_every": 3}),
-    "batch_all": ("batch_all", {}),
-    "batch_hard": ("batch_hard", {}),
-    "semi_hard": ("semi_hard", {}),
-}
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_each_strategy_trains(case: str, data) -> None:
-    name, strat = CASES[case]
-    result = train(settings(name, strategy=strat), MODEL, *data)
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_each_strategy_trains(name: str, data) -> None:
+    result = train(settings(name), MODEL, *data)
     _check_result(result, loops=2)
     emb = result.embedding.predict(data[1].X[:3, 0, ..., None], verbose=0)
     assert emb.shape == (3, 16) and np.all(np.isfinite(emb))
+    # The report's examples are valid triplets of the very batch the step trained on.
+    for key in ("first", "last"):
+        example = result.extra["mined"][key]
+        classes, drawings = np.array(example["classes"]), np.array(example["drawings"])
+        assert example["loop"] == (1 if key == "first" else 2) and len(classes) >= 4
+        assert np.all(classes[:, 0] == classes[:, 1]) and np.all(classes[:, 0] != classes[:, 2])
+        assert np.all(drawings[:, 0] != drawings[:, 1])
 
 
-def test_hard_with_random_warmup(data, monkeypatch: pytest.MonkeyPatch) -> None:
-    s = settings("hard", loops=3, strategy={"warmup_loops": 2, "refresh_every": 0})
-    trainer = Trainer(s, MODEL, *data)
-    mined = []
-    real_sample = trainer.strategy.sample
-    monkeypatch.setattr(trainer.strategy, "sample", lambda: mined.append(1) or real_sample())
-    result = trainer.run()
-    _check_result(result, loops=3, warmup=2)
-    assert len(mined) == s["steps_per_loop"]  # hard mining only in the one main loop
-    assert result.extra["mined"]["first"]["loop"] == 3  # the first *main* loop's triplets
+def test_the_assignments_pair_differs_only_in_the_miner(data) -> None:
+    """random and hard: the same initial weights, anchors, positives and negative classes; only
+    the negative's drawing differs, and hard's is the nearest under the network in inference mode."""
+    rand, hard = Trainer(settings("random"), MODEL, *data), Trainer(settings("hard"), MODEL, *data)
+    _assert_weights_close(_weights(rand.embedding), _weights(hard.embedding), atol=0)
+    a, b = rand.sample(), hard.sample()
+    np.testing.assert_array_equal(a.y, b.y)
+    np.testing.assert_array_equal(a.drawings[:, :2], b.drawings[:, :2])
+    assert not np.array_equal(a.drawings[:, 2], b.drawings[:, 2])
+    # Brute force, in float64: every drawing of each negative class, embedded in inference mode.
+    X = hard.X
+    emb = lambda images: hard.embedding(images[..., None], training=False).numpy().astype(np.float64)  # noqa: E731
+    for (ac, _, nc), (ad, _, nd) in zip(b.y, b.drawings):
+        d = ((emb(X[nc]) - emb(X[ac, ad][None])) ** 2).sum(axis=1)
+        assert nd == int(np.argmin(d)) or d[nd] <= d.min() + 1e-5
 
 
-def test_hard_in_class_batches_warms_up_on_random_class_batches(data) -> None:
-    s = settings("hard", loops=3, strategy={"batches": "classes", "warmup_loops": 1})
-    trainer = Trainer(s, MODEL, *data)
-    assert (trainer.warmup.name, trainer.strategy.name) == ("random", "hard")
-    assert trainer.strategy.K == 20 and trainer.warmup.K == 20  # every drawing of each class
-    assert set(trainer._steppers) == {"random", "hard"}  # no 3-branch network is built
-    result = trainer.run()
-    _check_result(result, loops=3, warmup=1)
-    # The report's examples are valid triplets of the batch (tests/test_losses.py checks that
-    # they are the very triplets the loss trains on).
-    example = result.extra["mined"]["first"]
-    classes, drawings = np.array(example["classes"]), np.array(example["drawings"])
-    assert example["loop"] == 2 and len(classes) == 8
-    assert np.all(classes[:, 0] == classes[:, 1]) and np.all(classes[:, 0] != classes[:, 2])
-    assert np.all(drawings[:, 0] != drawings[:, 1])
+def test_hard_mining_uses_inference_mode(data) -> None:
+    """BatchNorm's batch statistics (training mode) would pick other negatives than its moving
+    statistics (inference mode, the assignment's model.predict): hard follows the latter."""
+    trainer = Trainer(settings("hard", batch_size=32), MODEL, *data)
+    for _ in range(5):
+        trainer.train_step()  # move BatchNorm's moving statistics away from their initial values
+    state = trainer.rng.bit_generator.state
+    pairs = trainer.sampler.pairs()
+    trainer.rng.bit_generator.state = state
+    mined = trainer.sample().drawings[:, 2]
+    X = trainer.X
+
+    def nearest(training: bool) -> np.ndarray:
+        images = np.concatenate([X[pairs.anchor_cls, pairs.anchor_drawing][:, None], X[pairs.negative_cls]], axis=1)
+        e = trainer.embedding(images.reshape(-1, S, S, 1), training=training).numpy().astype(np.float64)
+        e = e.reshape(len(images), -1, e.shape[-1])
+        return np.argmin(((e[:, 1:] - e[:, :1]) ** 2).sum(-1), axis=1)
+
+    assert (mined == nearest(False)).mean() >= 0.95
+    assert (nearest(True) != nearest(False)).any()  # the test could tell the two apart
+
+
+def test_hard_in_class_batches_trains_on_the_nearest_drawing(data) -> None:
+    trainer = Trainer(settings("hard_classes"), MODEL, *data)
+    assert trainer.sampler.K == 20  # every drawing of each class
+    batch = trainer.sample()
+    triplets = trainer.mined(batch)
+    assert len(triplets) == 4 * 20 * 19  # every anchor-positive pair of the batch
+    emb = trainer.embedding(batch.x, training=False).numpy().astype(np.float64)
+    for a, p, n in triplets[::37]:
+        same = np.flatnonzero(batch.y == batch.y[n])
+        d = ((emb[same] - emb[a]) ** 2).sum(1)
+        assert batch.y[a] == batch.y[p] and batch.y[n] != batch.y[a]
+        assert d[list(same).index(n)] <= d.min() + 1e-5
 
 
 @pytest.mark.parametrize("augment, factor", [({}, 1), ({"rotations": True}, 4), ({"rotations": True, "flips": True}, 8)])
-def test_augmented_classes_are_what_the_strategy_draws_from(augment: dict, factor: int, data) -> None:
+def test_augmented_classes_are_what_the_sampler_draws_from(augment: dict, factor: int, data) -> None:
     trainer = Trainer(settings("random", augment=augment), MODEL, *data)
     n = len(data[0].X)
-    assert trainer.X.shape == (factor * n, *data[0].X.shape[1:]) and trainer.strategy.X is trainer.X
+    assert trainer.X.shape == (factor * n, *data[0].X.shape[1:]) and trainer.sampler.X is trainer.X
     if augment.get("flips"):  # the mirrored classes follow every rotated class
         np.testing.assert_array_equal(trainer.X[4 * n + 1], data[0].X[1][..., ::-1])
 
 
 def test_hard_in_class_batches_needs_every_drawing(data) -> None:
-    with pytest.raises(ValueError, match="strategies.hard.samples_per_class = 5"):
-        Trainer(settings("hard", strategy={"batches": "classes", "samples_per_class": 5}), MODEL, *data)
+    from tripletml.params import ParamsError
+
+    with pytest.raises(ParamsError, match="strategies.hard_classes.samples_per_class = 5"):
+        settings("hard_classes", strategy={"samples_per_class": 5})
+
+
+def test_fresh_test_tasks_every_loop(data) -> None:
+    trainer = Trainer(settings("random"), MODEL, *data)
+    a, b = trainer.loop_test_tasks(0), trainer.loop_test_tasks(1)
+    assert len(a) == len(b) == 10
+    assert not np.array_equal(a.support_chars, b.support_chars)
+    np.testing.assert_array_equal(a.support_chars, trainer.loop_test_tasks(0).support_chars)  # seeded
 
 
 def _weights(model) -> list[np.ndarray]:
@@ -134,13 +173,13 @@ def _assert_weights_close(a: list[np.ndarray], b: list[np.ndarray], atol: float 
 
 
 def test_same_seed_same_run(data) -> None:
-    s = settings("hard", strategy={"refresh_every": 0})
+    s = settings("hard")
     a, b = train(s, MODEL, *data), train(s, MODEL, *data)
     np.testing.assert_allclose([r.loss for r in a.history], [r.loss for r in b.history], rtol=1e-5)
     assert [r.val_acc20 for r in a.history] == [r.val_acc20 for r in b.history]
     _assert_weights_close(_weights(a.embedding), _weights(b.embedding))
     # Another seed: other initial weights and batches.
-    c = train(settings("hard", seed=4, strategy={"refresh_every": 0}), MODEL, *data)
+    c = train(settings("hard", seed=4), MODEL, *data)
     assert not np.allclose(_weights(a.embedding)[0], _weights(c.embedding)[0])
 
 
@@ -171,14 +210,14 @@ def test_best_loop_is_first_argmax_on_real_scores(data) -> None:
 
 def test_nan_loss_stops_naming_the_loop(data, monkeypatch: pytest.MonkeyPatch) -> None:
     trainer = Trainer(settings("random", loops=3), MODEL, *data)
-    stepper = trainer._steppers["triplets"]
+    stepper = trainer._stepper
     calls = []
 
     def step(batch):  # real steps in loop 1, NaN from loop 2 on
         calls.append(1)
-        return stepper(batch) if len(calls) <= 2 else (tf.constant(np.nan), tf.zeros((len(batch.y), 1)))
+        return stepper(batch) if len(calls) <= 2 else tf.constant(np.nan)
 
-    monkeypatch.setitem(trainer._steppers, "triplets", step)
+    monkeypatch.setattr(trainer, "_stepper", step)
     with pytest.raises(TrainingError, match=r"loss is nan at loop 2\b"):
         trainer.run()
     assert [r.loop for r in trainer.history] == [1]
@@ -206,9 +245,9 @@ class _Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("name,strat", [("random", {}), ("hard", {"refresh_every": 0}), ("hard", {"batches": "classes"})])
-def test_checkpoint_resume_matches_uninterrupted_run(name: str, strat: dict, data, tmp_path: Path) -> None:
-    s = settings(name, loops=3, strategy=strat)
+@pytest.mark.parametrize("name", ["random", "hard", "hard_classes"])
+def test_checkpoint_resume_matches_uninterrupted_run(name: str, data, tmp_path: Path) -> None:
+    s = settings(name, loops=3)
     full = train(s, MODEL, *data)
 
     def crash_in_loop_3(record: LoopRecord) -> None:
@@ -250,8 +289,8 @@ def test_replica_split_checks_the_batch_form_in_use() -> None:
 
     base = {"strategy": "hard", "batch_size": 8, "classes_per_batch": 5, "distribute": "mirrored"}
     with pytest.raises(ParamsError, match=r"^classes_per_batch = 5 .*multiple of the 2 replicas"):
-        training._check_replica_split({**base, "batches": "classes"}, 2)
-    training._check_replica_split({**base, "batches": "triplets"}, 2)  # 8 triplets split evenly
+        training._check_replica_split({**base, "sampler": "classes"}, 2)
+    training._check_replica_split({**base, "sampler": "triplets"}, 2)  # 8 triplets split evenly
     with pytest.raises(ParamsError, match=r"^batch_size = 7 "):
-        training._check_replica_split({**base, "batches": "triplets", "batch_size": 7}, 2)
-    training._check_replica_split({**base, "batches": "classes"}, 1)  # one device: anything goes
+        training._check_replica_split({**base, "sampler": "triplets", "batch_size": 7}, 2)
+    training._check_replica_split({**base, "sampler": "classes"}, 1)  # one device: anything goes

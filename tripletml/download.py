@@ -1,4 +1,4 @@
-"""Fetch the official Omniglot zips, or accept a copy the user placed.
+"""Fetch the official Omniglot zips and Lake's one-shot runs, or accept a copy the user placed.
 
 A downloaded file must match the official MD5; a placed copy is validated by its
 structure instead (when prepared), because re-packed copies carry other checksums.
@@ -19,6 +19,10 @@ OFFICIAL_MD5 = {
     "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
 }
+# Lake et al.'s 20 one-shot runs (test data for evaluation). Apart from OFFICIAL_MD5
+# because the prepare stage reads every zip that mapping names as an image set.
+RUNS_MD5 = {"all_runs.zip": "e8996daecdf12afeeb4a53a179f06b19"}
+URL_PATHS = {"all_runs.zip": "one-shot-classification/all_runs.zip"}  # under BASE_URL; default: the name
 
 
 class DownloadError(RuntimeError):
@@ -44,21 +48,23 @@ def _fetch(url: str, dest: Path, md5: str, timeout: float) -> None:
 
 
 def ensure_raw_zips(raw_dir: str | os.PathLike, base_url: str = BASE_URL, timeout: float = 30.0) -> dict[str, Path]:
-    """Return the paths of both zips in ``raw_dir``, downloading any that are missing."""
+    """Return the paths of the image zips and all_runs.zip in ``raw_dir``, downloading any missing."""
     raw_dir = Path(raw_dir)
     paths, missing = {}, []
-    for name, md5 in OFFICIAL_MD5.items():
+    for name, md5 in {**OFFICIAL_MD5, **RUNS_MD5}.items():
         dest = raw_dir / name
         paths[name] = dest
         if dest.is_file():
             continue
         try:
-            _fetch(base_url + name, dest, md5, timeout)
+            _fetch(base_url + URL_PATHS.get(name, name), dest, md5, timeout)
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            missing.append(f"{name} ({getattr(exc, 'reason', exc)})")
+            missing.append((name, f"{name} ({getattr(exc, 'reason', exc)})"))
     if missing:
+        names = [name for name, _ in missing]
+        listed = " and ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
         raise DownloadError(
-            f"cannot download {', '.join(missing)}: put images_background.zip and "
-            f"images_evaluation.zip in {raw_dir}/ (cp <dir>/images_*.zip {raw_dir}/)"
+            f"cannot download {', '.join(why for _, why in missing)}: put {listed} "
+            f"in {raw_dir}/ (cp {' '.join(f'<dir>/{n}' for n in names)} {raw_dir}/)"
         )
     return paths

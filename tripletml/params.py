@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-STRATEGIES = ("random", "hard", "batch_all", "batch_hard", "semi_hard")
-TRIPLET_STRATEGIES = ("random", "hard")  # the assignment's offline selection
-ONLINE_STRATEGIES = ("batch_all", "batch_hard", "semi_hard")  # P x K batches + batch losses
+SAMPLERS = ("triplets", "classes")  # tripletml.samplers
+NEGATIVE_MINERS = ("random", "hard")  # the assignment's rules: a random other class, then a random / the nearest drawing
+ONLINE_MINERS = ("batch_all", "batch_hard", "semi_hard")  # in-batch mining over P x K batches
+MINERS = NEGATIVE_MINERS + ONLINE_MINERS
+PAIR = ("random", "hard")  # the assignment's comparison: stages train_random and train_hard
 ARCHS = ("convnet", "schroff", "hoffer", "practical", "custom")
 # The official evaluation set's smallest alphabet: what within-alphabet tasks are checked
 # against until `prepare` has written the prepared set's own summary.json.
@@ -56,21 +59,20 @@ class AugmentParams(_Strict):
 
 
 class StrategyParams(_Strict):
-    """Per-strategy settings; a ``None`` that ``train`` also has falls back to it
-    (``samples_per_class`` has no shared value: unset, it is 4 for the batch losses and
-    every drawing for random and hard in class batches)."""
+    """One strategy: a sampler and a miner, and overrides of any ``train`` key (``None``
+    falls back to it). ``samples_per_class`` has no shared value: unset, it is every
+    drawing for the random and hard miners and 4 for the online ones."""
 
+    sampler: Literal[SAMPLERS]  # type: ignore[valid-type]
+    miner: Literal[MINERS]  # type: ignore[valid-type]
     loops: int | None = Field(None, ge=1)
     steps_per_loop: int | None = Field(None, ge=1)
     batch_size: int | None = Field(None, ge=2)
     learning_rate: float | None = Field(None, gt=0)
     margin: float | None = Field(None, ge=0)
     soft_margin: bool | None = None
-    warmup_loops: int = Field(0, ge=0)  # loops of the random rule first, in the strategy's batch form (reported as warm-up)
-    refresh_every: int = Field(0, ge=0)  # hard in triplet batches: 0 = exact mining each step; k = table refreshed every k steps
-    batches: Literal["triplets", "classes"] | None = None  # random, hard: see TrainParams.batches
     classes_per_batch: int | None = Field(None, ge=2)  # class batches: P
-    samples_per_class: int | None = Field(None, ge=2, le=20)  # class batches: K (unset: 4 for the batch losses, every drawing for random/hard)
+    samples_per_class: int | None = Field(None, ge=2, le=20)  # class batches: K
     augment: AugmentParams | None = None
 
 
@@ -78,11 +80,8 @@ class TrainParams(_Strict):
     seed: int = 0
     loops: int = Field(10, ge=1)
     steps_per_loop: int = Field(100, ge=1)
-    batch_size: int = Field(64, ge=2)  # triplets per step in triplet batches
-    # random, hard: "triplets" = the assignment's batch_size triplets through the 3-branch network;
-    # "classes" = P classes x all their drawings, every anchor-positive pair a triplet (losses.RandomClassTripletLoss)
-    batches: Literal["triplets", "classes"] = "classes"
-    classes_per_batch: int = Field(8, ge=2)  # P of class batches (every strategy but the triplet-batched ones)
+    batch_size: int = Field(64, ge=2)  # triplets per step with the triplets sampler
+    classes_per_batch: int = Field(8, ge=2)  # P of class batches
     margin: float = Field(0.2, ge=0)
     soft_margin: bool = False
     distance: Literal["sqeuclidean", "euclidean", "cosine"] = "sqeuclidean"
@@ -90,7 +89,8 @@ class TrainParams(_Strict):
     learning_rate: float = Field(0.001, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     augment: AugmentParams = AugmentParams()
-    val_tasks: int = Field(500, ge=1)  # 20-way tasks scored after each loop
+    val_tasks: int = Field(500, ge=1)  # 20-way validation tasks scored after each loop (the same every loop)
+    test_tasks: int = Field(250, ge=1)  # the assignment's per-loop test: tasks drawn afresh every loop
     n_way: int = Field(20, ge=2)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
     cpu_replicas: int = Field(2, ge=1)  # mirrored without a GPU: logical CPU devices to mirror over
@@ -109,21 +109,41 @@ class Params(_Strict):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
-    strategies: dict[str, StrategyParams] = {"random": StrategyParams(), "hard": StrategyParams()}
+    strategies: dict[str, StrategyParams] = {
+        "random": StrategyParams(sampler="triplets", miner="random"),
+        "hard": StrategyParams(sampler="triplets", miner="hard"),
+    }
     extra_strategies: list[str] = []
     evaluate: EvaluateParams = EvaluateParams()
 
     @model_validator(mode="after")
     def _known_strategies(self) -> Params:
-        for name in list(self.strategies) + list(self.extra_strategies):
-            if name not in STRATEGIES:
-                raise ValueError(f"unknown strategy {name!r}{_suggest(name, STRATEGIES)}; valid: {', '.join(STRATEGIES)}")
+        for name in self.strategies:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name == "ensemble":
+                raise ValueError(f"strategy name {name!r}: use lower-case letters, digits and _ (it names a stage and a folder); 'ensemble' is taken")
+        for name in PAIR:
+            if name not in self.strategies:
+                raise ValueError(f"strategies.{name} is missing: random and hard are the pipeline's paired comparison")
+            if self.strategies[name].miner != name:
+                raise ValueError(f"strategies.{name}.miner = {self.strategies[name].miner!r}: the {name} strategy uses the {name} miner")
+        for name in self.extra_strategies:
+            if name not in self.strategies or name in PAIR:
+                raise ValueError(
+                    f"extra_strategies: {name!r} is not a strategy defined under strategies (besides random and hard)"
+                    f"{_suggest(name, [s for s in self.strategies if s not in PAIR])}"
+                )
         return self
+
+    def trained(self) -> list[str]:
+        """Every strategy the pipeline trains, in report order: the assignment's pair first."""
+        return list(PAIR) + [s for s in dict.fromkeys(self.extra_strategies)]
 
     def strategy(self, name: str) -> dict[str, Any]:
         """The effective training settings of one strategy: ``train`` with its overrides."""
         merged = self.train.model_dump()
-        own = self.strategies.get(name, StrategyParams()).model_dump()
+        if name not in self.strategies:
+            raise ParamsError(f"strategies.{name}: no such strategy{_suggest(name, self.strategies)}")
+        own = self.strategies[name].model_dump()
         for key, value in own.items():
             if value is not None or key not in merged:  # strategy-only keys are always present
                 merged[key] = value
@@ -164,9 +184,12 @@ def _format_error(err: dict, source: str) -> str:
     if err["type"] == "extra_forbidden":
         parent_fields = _fields_at(loc[:-1])
         return f"{source}: unknown key {key!r}{_suggest(str(loc[-1]), parent_fields)}"
-    value = err.get("input")
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{source}: {key} = {value!r}: {msg}"
+    if not loc:  # a check across keys: its message names them
+        return f"{source}: {msg}"
+    if err["type"] == "missing":
+        return f"{source}: {key} is required"
+    return f"{source}: {key} = {err.get('input')!r}: {msg}"
 
 
 def validate_params(raw: dict, source: str = "params.yaml", use_prepared: bool = True) -> Params:
@@ -204,19 +227,18 @@ def _cross_checks(p: Params, source: str, use_prepared: bool = True) -> None:
             f"{source}: evaluate.n_way = {p.evaluate.n_way}: larger than the smallest alphabet the within-alphabet "
             f"evaluation draws from ({alphabet!r}, {size} characters)"
         )
-    for name in list(p.strategies) + p.extra_strategies:
+    for name in p.strategies:  # every strategy defined, trained in this run or not
         s = p.strategy(name)
-        if name not in TRIPLET_STRATEGIES and p.strategies.get(name, StrategyParams()).batches is not None:
+        if s["sampler"] == "triplets" and s["miner"] not in NEGATIVE_MINERS:
             raise ParamsError(
-                f"{source}: strategies.{name}.batches = {s['batches']!r}: {name} always trains on class batches; only random and hard take this key"
+                f"{source}: strategies.{name}.miner = {s['miner']!r}: the triplets sampler takes the random or hard miner; "
+                "online miners need sampler: classes"
             )
-        if name == "hard" and s["batches"] == "classes" and s["samples_per_class"] is not None:
+        if s["sampler"] == "classes" and s["miner"] == "hard" and s["samples_per_class"] is not None:
             raise ParamsError(
-                f"{source}: strategies.hard.samples_per_class = {s['samples_per_class']}: hard in class batches takes the nearest "
-                "of every drawing of the negative class, so its batches hold all drawings; leave the key unset"
+                f"{source}: strategies.{name}.samples_per_class = {s['samples_per_class']}: the hard miner takes the nearest "
+                "of every drawing of the negative class, so its class batches hold all drawings; leave the key unset"
             )
-        if name in TRIPLET_STRATEGIES and s["warmup_loops"] >= s["loops"]:
-            raise ParamsError(f"{source}: strategies.{name}.warmup_loops = {s['warmup_loops']}: must be below loops ({s['loops']})")
 
 
 def smallest_evaluation_alphabet(prepared_dir: str | os.PathLike | None) -> tuple[str, int]:

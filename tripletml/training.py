@@ -1,9 +1,10 @@
 """The training loop: loops x steps, per-loop scoring, best-on-validation, checkpoints.
 
-One strategy trains one fresh model. After every loop the loop's mean loss and the
-20-way one-shot accuracy on the validation alphabets (which chooses the model) and
-on the test alphabets (reported for parity with the assignment, never used to
-choose) go to a callback. A checkpoint after every loop lets a killed run resume
+One strategy (a sampler and a miner) trains one fresh model. After every loop the loop's
+mean loss, the 20-way one-shot accuracy on fixed validation tasks (which chooses the
+model) and on ``test_tasks`` test tasks drawn afresh for that loop (the assignment's
+per-loop figure, reported as the assignment reports it, never used to choose) go to a
+callback. A checkpoint after every loop lets a killed run resume
 with at most one loop lost.
 """
 
@@ -28,10 +29,11 @@ from tripletml.data import OmniglotSet
 from tripletml.distribute import replicas, split_batch
 from tripletml.embedder import make_embed_fn
 from tripletml.errors import TrainingError
-from tripletml.losses import TripletLoss, collapse_reason, get_loss
-from tripletml.models import build_embedding, build_triplet_network
-from tripletml.params import ONLINE_STRATEGIES, ParamsError
-from tripletml.selection import Batch, augment_flips, augment_rotations, in_batch_triplets, make_strategy
+from tripletml.losses import TripletMarginLoss, collapse_reason
+from tripletml.miners import NEGATIVE_MINERS, get_miner, pairs_with_negative_class
+from tripletml.models import build_embedding
+from tripletml.params import ParamsError
+from tripletml.samplers import Batch, ClassSampler, TripletPairs, TripletSampler, augment_flips, augment_rotations
 
 CHECKPOINT_STATE = "state.json"
 CHECKPOINT_ARRAYS = "arrays.npz"
@@ -39,15 +41,14 @@ CHECKPOINT_ARRAYS = "arrays.npz"
 
 @dataclass
 class LoopRecord:
-    """What one loop produced; ``phase`` is "warmup" for random warm-up loops."""
+    """What one loop produced; ``test_acc20_250``: accuracy on the loop's fresh test tasks."""
 
     loop: int
     loss: float
     val_acc20: float
-    test_acc20: float | None
+    test_acc20_250: float | None
     loop_seconds: float
     steps: int
-    phase: str
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -99,17 +100,17 @@ def make_augmenter(strength: float, seed: int) -> keras.Sequential | None:
 
 
 class _Stepper:
-    """A compiled train step for one (model, loss) pair, on one device or under a tf.distribute strategy."""
+    """The compiled train step of one strategy, on one device or under a tf.distribute strategy.
 
-    def __init__(self, model: keras.Model, loss_fn: Callable, optimizer, augmenter, image_shape, distribution=None):
-        self.model, self.optimizer, self.augmenter = model, optimizer, augmenter
-        if isinstance(loss_fn, keras.losses.Loss):
-            # A Keras Loss divides by the replica count on its own under tf.distribute; take the
-            # plain batch mean so that the one explicit scaling below is the only one.
-            keras_loss = loss_fn
-            loss_fn = lambda y, pred: tf.reduce_mean(keras_loss.call(y, pred))  # noqa: E731 - triplet batches: no draws
-        self.loss_fn = loss_fn
-        self.image_shape = image_shape
+    Every form embeds the batch once in training mode and trains
+    ``TripletMarginLoss(embeddings, (a, p, n))``; they differ in where (a, p, n) come from:
+    triplet batches bring them chosen (rows 3i, 3i+1, 3i+2); class batches mine them here,
+    the hard rule from an inference-mode pass of the same weights.
+    """
+
+    def __init__(self, model: keras.Model, sampler_name: str, miner, loss: TripletMarginLoss, optimizer, augmenter, image_shape, distribution=None):
+        self.model, self.sampler_name, self.miner, self.loss = model, sampler_name, miner, loss
+        self.optimizer, self.augmenter, self.image_shape = optimizer, augmenter, image_shape
         self.distribution = distribution
         # Each replica's mean loss is scaled by 1/R: the summed gradients are the global batch's mean.
         self.scale = 1.0 / replicas(distribution)
@@ -117,26 +118,35 @@ class _Stepper:
         self._step = tf.function(step, reduce_retracing=True)
 
     def _distributed_step(self, *arrays):
-        loss, pred = self.distribution.run(self._train_step, args=arrays)
-        total = self.distribution.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-        return total, self.distribution.gather(pred, axis=0)  # the global batch's embeddings, in order
+        loss = self.distribution.run(self._train_step, args=arrays)
+        return self.distribution.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+
+    def _indices(self, images, embeddings, y, draws):
+        if self.sampler_name == "triplets":
+            rows = tf.range(tf.shape(images)[0] // 3) * 3
+            return rows, rows + 1, rows + 2
+        if self.miner.name in NEGATIVE_MINERS:
+            anchors, positives, candidates, u = pairs_with_negative_class(y, draws[0])
+            mine_on = tf.cast(self.model(images, training=False), tf.float32) if self.miner.needs_embeddings else None
+            return anchors, positives, self.miner(mine_on, anchors, candidates, u)
+        return self.miner(embeddings, y)
 
     def _train_step(self, x, y, *draws):
+        images = tf.reshape(x, (-1, *self.image_shape))  # triplet batches: (B, 3, ...) -> 3B rows a, p, n, a, ...
         if self.augmenter is not None:
-            flat = tf.reshape(x, (-1, *self.image_shape))
-            x = tf.reshape(self.augmenter(flat, training=True), tf.shape(x))
+            images = self.augmenter(images, training=True)
         with tf.GradientTape() as tape:
-            pred = tf.cast(self.model(x, training=True), tf.float32)  # losses in float32 under mixed precision
-            loss = self.loss_fn(y, pred, *draws)
+            embeddings = tf.cast(self.model(images, training=True), tf.float32)  # losses in float32 under mixed precision
+            indices = self._indices(images, embeddings, tf.reshape(y, [-1]), draws)
+            loss = self.loss(embeddings, indices)
             if self.model.losses:  # kernel regularisers of the assignment's archs
                 loss = loss + tf.add_n(self.model.losses)
             loss = loss * self.scale
         grads = tape.gradient(loss, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        return loss, pred
+        return loss
 
-    def __call__(self, batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
-        """One step; returns the loss and the batch's embeddings (for strategies that observe them)."""
+    def __call__(self, batch: Batch) -> tf.Tensor:
         arrays = batch.arrays()
         if self.distribution is None:
             return self._step(*(tf.constant(a) for a in arrays))
@@ -144,7 +154,7 @@ class _Stepper:
 
 
 class Trainer:
-    """Trains one strategy; see :func:`train` for the one-call form."""
+    """Trains one strategy (a sampler and a miner); see :func:`train` for the one-call form."""
 
     def __init__(
         self,
@@ -170,14 +180,10 @@ class Trainer:
         scope = distribution.scope() if distribution is not None else contextlib.nullcontext()
         with scope:  # variables (weights, optimizer slots) become mirrored under a strategy
             self._build(settings, model_params, options, train_set, seed)
-        # The same tasks for every loop and every strategy: seeded apart from training.
-        n_way, k = settings["n_way"], settings["val_tasks"]
+        # Validation: the same tasks every loop and for every strategy, seeded apart from training.
         self.val_set, self.test_set = val_set, test_set
-        self.val_tasks = oneshot.sample_tasks(val_set.c, val_set.n_characters, n_way, k, np.random.default_rng([seed, 1]))
-        self.test_tasks = (
-            oneshot.sample_tasks(test_set.c, test_set.n_characters, n_way, k, np.random.default_rng([seed, 2]))
-            if test_set is not None
-            else None
+        self.val_tasks = oneshot.sample_tasks(
+            val_set.c, val_set.n_characters, settings["n_way"], settings["val_tasks"], np.random.default_rng([seed, 1])
         )
         self.history: list[LoopRecord] = []
         self.best_loop, self.best_val = -1, -math.inf
@@ -199,35 +205,30 @@ class Trainer:
             X = augment_flips(X)
         self.X = X
         self.rng = np.random.default_rng(seed)
-        self.strategy = make_strategy(self.name, X, settings, self.rng, self.embed)
-        # Warm-up: random triplets in the same batch form as the strategy's own.
-        self.warmup = make_strategy("random", X, settings, self.rng) if settings["warmup_loops"] else None
+        self.miner = get_miner(settings["miner"], settings["distance"])
+        self.sampler = make_sampler(settings, X, self.rng)
         self.total_steps = settings["loops"] * settings["steps_per_loop"]
         self.optimizer = make_optimizer(settings, self.total_steps)
         self.optimizer.build(self.embedding.trainable_variables)
         self.augmenter = make_augmenter(settings["augment"]["affine"], seed)
+        loss = TripletMarginLoss(
+            settings["margin"], settings["soft_margin"], settings["distance"], getattr(self.miner, "reducer", "mean")
+        )
         image_shape = (self.image_size, self.image_size, 1)
-        # One compiled step per batch form: the 3-branch network for triplet batches, the
-        # embedding with the strategy's batch loss for class batches.
-        self._steppers: dict[str, _Stepper] = {}
-        loss_args = dict(margin=settings["margin"], soft=settings["soft_margin"], distance=settings["distance"])
-        for strategy in filter(None, (self.strategy, self.warmup)):
-            key = _stepper_key(strategy)
-            if key in self._steppers:
-                continue
-            if strategy.uses_triplet_network:
-                net = build_triplet_network(self.embedding, self.image_size)
-                self._steppers[key] = _Stepper(net, TripletLoss(**loss_args), self.optimizer, self.augmenter, image_shape, dist)
-            else:
-                batch_loss = get_loss(strategy.name, **loss_args)
-                loss_fn = lambda y, e, *draws, loss=batch_loss: loss(e, y, *draws)  # noqa: E731
-                self._steppers[key] = _Stepper(self.embedding, loss_fn, self.optimizer, self.augmenter, image_shape, dist)
+        self._stepper = _Stepper(self.embedding, settings["sampler"], self.miner, loss, self.optimizer, self.augmenter, image_shape, dist)
 
     # -- scoring ---------------------------------------------------------------------------
 
     def score(self, data: OmniglotSet, tasks) -> tuple[float, np.ndarray]:
         emb = oneshot.embed_set(self.embed, data.X, used=tasks)
         return 100.0 * float(oneshot.evaluate_tasks(emb, tasks).mean()), emb
+
+    def loop_test_tasks(self, loop: int) -> oneshot.OneShotTasks:
+        """The assignment's per-loop test: ``test_tasks`` 20-way tasks drawn afresh for every loop."""
+        t = self.test_set
+        return oneshot.sample_tasks(
+            t.c, t.n_characters, self.s["n_way"], self.s["test_tasks"], np.random.default_rng([int(self.s["seed"]), 2, loop])
+        )
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -253,7 +254,6 @@ class Trainer:
             "best_val": self.best_val,
             "train_seconds": self.train_seconds,
             "rng": self.rng.bit_generator.state,
-            "strategy_state": getattr(self.strategy, "_steps", None),
             "settings": self.s,
             "extra": self.extra,
         }
@@ -281,44 +281,65 @@ class Trainer:
         self.best_loop, self.best_val = state["best_loop"], state["best_val"]
         self.train_seconds = state["train_seconds"]
         self.rng.bit_generator.state = state["rng"]
-        if state["strategy_state"] is not None:
-            self.strategy._steps = state["strategy_state"]
-            if getattr(self.strategy, "refresh_every", 0):
-                self.strategy.table = None  # rebuilt from the restored weights
-                self.strategy._steps -= self.strategy._steps % self.strategy.refresh_every
         self.extra = state.get("extra", {})
         self.start_loop = state["next_loop"]
         return True
 
-    def train_step(self, strategy, batch: Batch | None = None) -> tuple[tf.Tensor, Batch]:
-        """Train on one batch (drawn from ``strategy`` unless given); returns the loss and the batch."""
-        batch = strategy.sample() if batch is None else batch
-        loss, embeddings = self._steppers[_stepper_key(strategy)](batch)
-        if hasattr(strategy, "observe"):  # e.g. hard mining's table takes the fresh embeddings
-            strategy.observe(batch, embeddings.numpy())
-        self._last_embeddings = embeddings
-        return loss, batch
+    # -- one step --------------------------------------------------------------------------
+
+    def mine_triplets(self, pairs: TripletPairs) -> np.ndarray:
+        """The negative drawing of each triplet-batch pair, by the miner (hard: one batched
+        inference-mode pass over the anchors and every drawing of each negative class)."""
+        b, n_draw = len(pairs.u), self.X.shape[1]
+        anchors = np.arange(b)
+        if not self.miner.needs_embeddings:
+            return self.miner(None, anchors, np.tile(np.arange(n_draw), (b, 1)), pairs.u).numpy()
+        images = np.concatenate([self.X[pairs.anchor_cls, pairs.anchor_drawing][:, None], self.X[pairs.negative_cls]], axis=1)
+        emb = self.embed(images.reshape(-1, *self.X.shape[2:], 1))  # (B * (1 + n_draw), D): anchor, its candidates
+        rows = anchors * (1 + n_draw)
+        chosen = self.miner(emb, rows, rows[:, None] + 1 + np.arange(n_draw), pairs.u).numpy()
+        return chosen - rows - 1
+
+    def sample(self) -> Batch:
+        """The next batch of the strategy: its images, and for triplet batches the mined negatives."""
+        if isinstance(self.sampler, TripletSampler):
+            pairs = self.sampler.pairs()
+            return self.sampler.batch(pairs, self.mine_triplets(pairs))
+        return self.sampler.sample()
+
+    def train_step(self, batch: Batch | None = None) -> tuple[tf.Tensor, Batch]:
+        """Train on one batch (drawn from the strategy unless given); returns the loss and the batch."""
+        batch = self.sample() if batch is None else batch
+        return self._stepper(batch), batch
+
+    def mined(self, batch: Batch) -> np.ndarray:
+        """(T, 3) batch rows of the triplets the strategy trains on in ``batch``, under the current weights."""
+        if batch.y.ndim == 2:
+            rows = np.arange(len(batch.y)) * 3
+            return np.stack([rows, rows + 1, rows + 2], axis=1)
+        x, y = batch.arrays()[:2]
+        emb = self.embed(x)
+        share = len(y) // replicas(self.distribution)  # each replica mines inside its own slice
+        found = []
+        for i in range(0, len(y), share):
+            e, lab = emb[i : i + share], y[i : i + share]
+            if self.miner.name in NEGATIVE_MINERS:
+                a, p, cand, u = pairs_with_negative_class(lab, batch.arrays()[2][i : i + share])
+                idx = (a, p, self.miner(e, a, cand, u))
+            else:
+                idx = self.miner(e, lab)
+            found.append(np.stack([np.asarray(t) for t in idx], axis=1) + i)
+        return np.concatenate(found)
 
     def _record_examples(self, batch: Batch, loop: int, n: int = 8) -> None:
-        """Keep a few mined triplets of the first and last main loop, for the report."""
-        if batch.y.ndim == 2:  # triplet batches: (anchor, positive, negative) rows
-            classes, drawings = batch.y[:n], batch.drawings[:n]
-        elif batch.draws is not None:  # class batches: the triplets the loss took, spread over the batch
-            emb, draws = np.asarray(self._last_embeddings), batch.arrays()[2]  # the float32 draws the step used
-            # Each replica mined inside its own contiguous slice of the batch: so does the twin.
-            share = len(batch.y) // replicas(self.distribution)
-            found = [in_batch_triplets(emb[i : i + share], batch.y[i : i + share], draws[i : i + share], self.strategy.name)
-                     for i in range(0, len(batch.y), share)]
-            a, p, neg = (np.concatenate([t[j] + i * share for i, t in enumerate(found)]) for j in range(3))
-            rows = np.unique(np.linspace(0, len(a) - 1, n).astype(int)) if len(a) else np.zeros(0, int)
-            idx = np.stack([a[rows], p[rows], neg[rows]], axis=1)
-            classes, drawings = batch.y[idx], batch.drawings[idx]
-        else:
+        """Keep a few mined triplets of the first and last loop, for the report."""
+        if loop not in (0, self.s["loops"] - 1):
             return
+        triplets = self.mined(batch)
+        rows = np.unique(np.linspace(0, len(triplets) - 1, n).astype(int)) if len(triplets) else np.zeros(0, int)
+        classes, drawings = batch.y.reshape(-1)[triplets[rows]], batch.drawings.reshape(-1)[triplets[rows]]
         example = {"loop": loop + 1, "classes": classes.tolist(), "drawings": drawings.tolist()}
-        for key, at in (("first", self.s["warmup_loops"]), ("last", self.s["loops"] - 1)):
-            if loop == at:
-                self.extra.setdefault("mined", {})[key] = example
+        self.extra.setdefault("mined", {})["first" if loop == 0 else "last"] = example
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -330,20 +351,16 @@ class Trainer:
     ) -> TrainResult:
         s = self.s
         for loop in range(self.start_loop, s["loops"]):
-            warm = self.warmup is not None and loop < s["warmup_loops"]
-            strategy = self.warmup if warm else self.strategy
             t0 = time.perf_counter()
             losses = []
             steps = range(s["steps_per_loop"])
             if progress:
-                from tqdm import tqdm
-
-                steps = tqdm(steps, desc=f"{self.name} loop {loop + 1}/{s['loops']}", leave=False)
+                steps = progress_bar(steps, f"{self.name} loop {loop + 1}/{s['loops']}")
             for i in steps:
-                loss, batch = self.train_step(strategy)
-                losses.append(loss)
-                if i == 0 and not warm:
+                batch = self.sample()
+                if i == 0:  # before the step: the triplets this very step trains on
                     self._record_examples(batch, loop)
+                losses.append(self._stepper(batch))
             loss = float(np.mean([float(v) for v in losses]))
             seconds = time.perf_counter() - t0
             self.train_seconds += seconds
@@ -353,8 +370,8 @@ class Trainer:
             reason = collapse_reason(val_emb[np.isfinite(val_emb).all(axis=-1)], loss, s["margin"])
             if reason:
                 raise TrainingError(f"{self.name}: the embedding collapsed at loop {loop + 1} ({reason}); stopping")
-            test_acc = self.score(self.test_set, self.test_tasks)[0] if self.test_set is not None else None
-            record = LoopRecord(loop + 1, loss, val_acc, test_acc, seconds, s["steps_per_loop"], "warmup" if warm else "main")
+            test_acc = self.score(self.test_set, self.loop_test_tasks(loop))[0] if self.test_set is not None else None
+            record = LoopRecord(loop + 1, loss, val_acc, test_acc, seconds, s["steps_per_loop"])
             self.history.append(record)
             if val_acc > self.best_val:  # ties keep the earlier loop
                 self.best_val, self.best_loop = val_acc, loop + 1
@@ -369,17 +386,34 @@ class Trainer:
         )
 
 
-def _stepper_key(strategy) -> str:
-    """Strategies that train the same network with the same loss share a compiled step."""
-    return "triplets" if strategy.uses_triplet_network else strategy.name
+def progress_bar(steps, desc: str):
+    """A tqdm bar on a terminal; elsewhere (a log file, a pipe) no per-step frames at all."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(steps, desc=desc, leave=False, disable=not sys.stderr.isatty())
+
+
+def make_sampler(settings: dict, X: np.ndarray, rng: np.random.Generator) -> TripletSampler | ClassSampler:
+    """The strategy's sampler from its effective settings (``params.strategy(name)``)."""
+    if settings["sampler"] == "triplets":
+        return TripletSampler(X, settings["batch_size"], rng)
+    n_draw = X.shape[1]
+    k = settings.get("samples_per_class") or (n_draw if settings["miner"] in NEGATIVE_MINERS else 4)
+    if settings["miner"] == "hard" and k != n_draw:
+        raise ValueError(
+            f"samples_per_class = {k}: hard takes the nearest of every drawing of the negative class, "
+            f"so a class batch holds all {n_draw} drawings of each class; leave it unset"
+        )
+    return ClassSampler(X, settings["classes_per_batch"], k, rng, draws=settings["miner"] in NEGATIVE_MINERS)
 
 
 def _check_replica_split(settings: dict, n_replicas: int) -> None:
     """Every replica gets whole triplets (or whole classes): the global batch must split evenly."""
     if n_replicas == 1:
         return
-    classes = settings["strategy"] in ONLINE_STRATEGIES or settings.get("batches") == "classes"
-    key = "classes_per_batch" if classes else "batch_size"
+    key = "classes_per_batch" if settings["sampler"] == "classes" else "batch_size"
     if settings[key] % n_replicas:
         raise ParamsError(
             f"{key} = {settings[key]} (train.{key}, or strategies.{settings['strategy']}.{key} where set): must be a multiple of the "
