@@ -1,32 +1,18 @@
-"""Benchmark: seconds per training step of the triplet selection strategies.
+"""Benchmark: seconds per training step of each strategy (sampler x miner), side by side.
 
-    python benchmarks/selection.py [--params params.yaml] [--repeats 5] [--steps 20]
+    python benchmarks/selection.py [--params params.yaml] [--repeats 5] [--steps 20] [--strategies random hard ...]
 
-At params.yaml's settings (model, batch size, precision; the ``hard`` strategy's
-effective settings are shared by every mode so that only the selection differs), on
-``<prepared_dir>/train.npz`` if present, else synthetic data of ``data.image_size``
-with 800 characters x 20 drawings. Modes, timed side by side (interleaved, in a
-rotating order, within every repeat) and reported as the median over repeats:
+Every strategy trains from params.yaml's settings on ``<prepared_dir>/train.npz`` (run
+``dvc repro prepare`` first). A timed step is what ``Trainer.run`` does per step: draw the
+batch (for hard in triplet batches, one batched inference-mode pass over the anchors and
+every drawing of each negative class, then the miner), then the compiled train step; the
+loss is read back each step so no work is left queued. The strategies are timed
+interleaved, in a rotating order, within every repeat, so the machine's drift hits them
+alike; each figure is the median over repeats. ``--assignment`` also times the course's
+own hard mining (one ``model.predict`` per triplet on its anchor and the 20 drawings of
+its negative class) for a few steps.
 
-* ``random``       Trainer with RandomTriplets: ``strategy.sample()`` + the compiled step;
-* ``hard exact``   HardTriplets, refresh_every=0: one batched forward pass per step mines;
-* ``hard refresh`` HardTriplets mining from a table rebuilt every k steps (k from
-                   params, 100 if it is 0); the table rebuild is timed on its own and
-                   amortised over k steps;
-* ``assignment``   the course's hard mining: per triplet, one ``model.predict`` on the
-                   anchor and the 20 drawings of its negative class, then the same step;
-                   slow, so it runs only ``--baseline-steps`` steps per repeat;
-* ``bare step``    the compiled step alone, on one batch already in memory as tensors:
-                   the floor that shows the input pipeline's overhead;
-* ``random classes`` / ``hard classes``  the assignment's rules in class batches
-                   (``train.batches: classes``): P classes x all their drawings a step,
-                   every anchor-positive pair a triplet (losses.RandomClassTripletLoss).
-
-The triplet modes use ``batch_size`` triplets whatever ``train.batches`` says; the
-class modes use ``classes_per_batch``.
-
-Warm-up calls trace every graph before timing. The last line printed is
-``hard/random step time: X.XX`` for the batch form and hard mode params.yaml uses.
+The last lines print hard/random step-time ratios within each sampler.
 """
 
 from __future__ import annotations
@@ -34,179 +20,74 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-
-from tripletml.data import OmniglotSet, load_prepared  # noqa: E402
-from tripletml.params import load_params  # noqa: E402
-
-DEFAULT_REFRESH = 100
 
 
-def load_sets(prepared_dir: Path, image_size: int) -> tuple[OmniglotSet, OmniglotSet, str]:
-    """Prepared train/val sets if present, else synthetic ones of the same image size."""
-    train_file, val_file = prepared_dir / "train.npz", prepared_dir / "val.npz"
-    if train_file.is_file():
-        train = load_prepared(train_file)
-        val = load_prepared(val_file) if val_file.is_file() else train
-        return train, val, f"prepared {train_file}: {train.X.shape[0]} characters x {train.X.shape[1]} x {train.X.shape[2]}px"
-
-    def synthetic(n: int, seed: int) -> OmniglotSet:
-        # Sparse ink like Omniglot; the values do not change the cost of a step.
-        rng = np.random.default_rng(seed)
-        X = (rng.random((n, 20, image_size, image_size), dtype=np.float32) < 0.15).astype(np.float32)
-        return OmniglotSet(X, {"synthetic": (0, n)})
-
-    return synthetic(800, 0), synthetic(100, 1), f"synthetic 800 characters x 20 x {image_size}px ({train_file} not found)"
-
-
-def make_trainer(settings: dict, model_params: dict, train: OmniglotSet, val: OmniglotSet):
-    from tripletml.training import Trainer
-
-    return Trainer(settings, model_params, train, val)
-
-
-def course_hard_sample(trainer) -> Callable:
-    """The assignment's hard mining: one ``model.predict`` per triplet (anchor + 20 candidates)."""
-    strategy, model = trainer.strategy, trainer.embedding
-
-    def sample():
-        anchor_cls, neg_cls, a_draw, p_draw = strategy._classes_and_drawings()
-        n_draw = np.empty(len(anchor_cls), dtype=np.int64)
-        for b in range(len(anchor_cls)):
-            images = np.concatenate([strategy.X[anchor_cls[b], a_draw[b]][None], strategy.X[neg_cls[b]]])
-            emb = model.predict(images[..., None], verbose=0)
-            n_draw[b] = int(np.argmin(np.sum((emb[1:] - emb[0]) ** 2, axis=1)))
-        return strategy._batch(anchor_cls, neg_cls, a_draw, p_draw, n_draw)
-
-    return sample
-
-
-def time_loop(step: Callable, steps: int) -> float:
-    """Seconds per step of Trainer.run's inner loop (Trainer.train_step), then read the losses."""
-    t0 = time.perf_counter()
-    losses = [step() for _ in range(steps)]
-    float(np.mean([float(v) for v in losses]))  # waits for the last step, as run() does
-    return (time.perf_counter() - t0) / steps
-
-
-def time_bare(stepper, x, y, steps: int) -> float:
-    """Seconds per step of the compiled step alone, on tensors already in memory."""
-    t0 = time.perf_counter()
-    losses = [stepper._step(x, y)[0] for _ in range(steps)]
-    float(np.mean([float(v) for v in losses]))
-    return (time.perf_counter() - t0) / steps
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per mode and repeat")
-    ap.add_argument("--baseline-steps", type=int, default=2, help="steps per repeat of the slow assignment baseline")
-    args = ap.parse_args(argv)
-    if args.repeats < 1 or args.steps < 1 or args.baseline_steps < 1:
-        ap.error("--repeats, --steps and --baseline-steps must be >= 1")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--strategies", nargs="*", help="default: every strategy the pipeline trains")
+    ap.add_argument("--assignment", type=int, default=0, metavar="STEPS", help="also time the course's per-triplet predict for STEPS steps")
+    args = ap.parse_args()
 
-    params = load_params(args.params)
-    train, val, source = load_sets(Path(params.data.prepared_dir), params.data.image_size)
-    model_params = params.model.model_dump()
-    base = params.strategy("hard")  # shared model, batch size, precision and augmentation
-    params_batches = base["batches"]
-    base.update(warmup_loops=0, n_way=min(base["n_way"], val.n_characters), val_tasks=1, batches="triplets")
-    classes = {**base, "batches": "classes"}
-    params_refresh = base["refresh_every"]
-    k = params_refresh or DEFAULT_REFRESH
+    import numpy as np
 
-    import tensorflow as tf
+    from tripletml.data import load_prepared
+    from tripletml.params import load_params
+    from tripletml.training import Trainer
 
-    # One Trainer per mode: the same seed gives each the same model and initial weights.
-    trainers = {
-        "random": make_trainer({**base, "strategy": "random"}, model_params, train, val),
-        "hard exact": make_trainer({**base, "refresh_every": 0}, model_params, train, val),
-        "hard refresh": make_trainer({**base, "refresh_every": k}, model_params, train, val),
-        "assignment": make_trainer({**base, "refresh_every": 0}, model_params, train, val),
-        "random classes": make_trainer({**classes, "strategy": "random"}, model_params, train, val),
-        "hard classes": make_trainer(classes, model_params, train, val),
-    }
-    course_sample = course_hard_sample(trainers["assignment"])
-    steps_of = {name: (lambda t=t: t.train_step(t.strategy)[0]) for name, t in trainers.items()}
-    a = trainers["assignment"]
-    steps_of["assignment"] = lambda: a.train_step(a.strategy, course_sample())[0]
-    stepper = trainers["random"]._steppers["triplets"]
-    refresher = trainers["hard refresh"].strategy
-    fixed = trainers["random"].strategy.sample()  # the bare step's one batch, kept as tensors
-    fx, fy = tf.constant(fixed.x, tf.float32), tf.constant(fixed.y, tf.int32)
+    p = load_params(args.params)
+    names = args.strategies or p.trained()
+    sets = [load_prepared(f"{p.data.prepared_dir}/{s}.npz") for s in ("train", "val")]
+    trainers = {n: Trainer(p.strategy(n), p.model.model_dump(), *sets) for n in names}
+    print(f"data: {sets[0].X.shape[0]} characters x {sets[0].X.shape[1]} x {sets[0].X.shape[2]} px; model {p.model.arch}, precision {p.train.precision}")
+    for t in trainers.values():  # trace every graph before timing
+        for _ in range(3):
+            float(t.train_step()[0])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for rep in range(args.repeats):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        for n in order:
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                float(trainers[n].train_step()[0])
+            times[n].append((time.perf_counter() - t0) / args.steps)
+    if args.assignment:
+        times["hard, per-triplet predict"] = [_assignment_step(trainers["hard"], args.assignment)]
+    print(f"\nrepeats: {args.repeats} (median), steps per repeat: {args.steps}\n")
+    print(f"{'strategy':28s} {'sampler':9s} {'miner':10s} {'s/step':>8s} {'min':>8s} {'max':>8s}")
+    for n, ts in times.items():
+        s = p.strategy(n) if n in p.strategies else {"sampler": "triplets", "miner": "hard"}
+        print(f"{n:28s} {s['sampler']:9s} {s['miner']:10s} {statistics.median(ts):8.4f} {min(ts):8.4f} {max(ts):8.4f}")
+    med = {n: statistics.median(ts) for n, ts in times.items()}
+    cells = {(p.strategy(n)["sampler"], p.strategy(n)["miner"]): n for n in names}
+    for sampler in ("triplets", "classes"):
+        if (sampler, "hard") in cells and (sampler, "random") in cells:
+            h, r = cells[sampler, "hard"], cells[sampler, "random"]
+            print(f"hard/random step time, {sampler} sampler: {med[h] / med[r]:.2f} ({h} / {r})")
+    if "hard, per-triplet predict" in med and "random" in med:
+        print(f"assignment's per-triplet predict / random: {med['hard, per-triplet predict'] / med['random']:.1f}")
+    del np
 
-    # Warm-up: trace every graph (steps, embed, predict) and build the refresh table.
-    for name in trainers:
-        time_loop(steps_of[name], 1)
-    time_bare(stepper, fx, fy, 1)
 
-    modes = ["random", "bare step", "hard exact", "hard refresh", "assignment", "random classes", "hard classes"]
-    times: dict[str, list[float]] = {m: [] for m in modes}
-    refresh_times: list[float] = []
-    for r in range(args.repeats):
-        for m in modes[r % len(modes) :] + modes[: r % len(modes)]:  # rotate: no mode always runs first
-            if m == "bare step":
-                times[m].append(time_bare(stepper, fx, fy, args.steps))
-            elif m == "hard refresh":
-                t0 = time.perf_counter()
-                refresher.refresh()
-                refresh_times.append(time.perf_counter() - t0)
-                refresher._steps = 1  # mid-period: the timed steps mine from the table just built
-                refresh_every, refresher.refresh_every = refresher.refresh_every, 10**12
-                steps_time = time_loop(steps_of[m], args.steps)
-                refresher.refresh_every = refresh_every
-                times[m].append(steps_time + refresh_times[-1] / k)  # the rebuild, amortised
-            elif m == "assignment":
-                times[m].append(time_loop(steps_of[m], args.baseline_steps))
-            else:
-                times[m].append(time_loop(steps_of[m], args.steps))
+def _assignment_step(trainer, steps: int) -> float:
+    """The course's hard mining: per triplet, one predict on the anchor and the candidates."""
+    import numpy as np
 
-    med = {m: statistics.median(v) for m, v in times.items()}
-    n_imgs = train.X.shape[0] * train.X.shape[1] * (4 if base["augment"]["rotations"] else 1)
-    print(f"data: {source}")
-    print(
-        f"model: {model_params['arch']} (filters {model_params['filters']}, blocks {model_params['blocks']}, "
-        f"embedding {model_params['embedding_dim']}), batch {base['batch_size']} triplets "
-        f"(class batches: {classes['classes_per_batch']} classes x {train.X.shape[1]}), precision {base['precision']}"
-    )
-    print(f"repeats: {args.repeats} (median), steps per repeat: {args.steps} (assignment: {args.baseline_steps})")
-    print()
-    print(f"{'mode':<28}{'s/step':>10}{'min':>10}{'max':>10}{'x random':>10}")
-    labels = {
-        "random": "random (Trainer loop)",
-        "bare step": "bare compiled step",
-        "hard exact": "hard exact (refresh 0)",
-        "hard refresh": f"hard refresh (every {k})",
-        "assignment": "assignment (predict/triplet)",
-        "random classes": "random, class batches",
-        "hard classes": "hard, class batches",
-    }
-    for m in modes:
-        v = times[m]
-        print(f"{labels[m]:<28}{med[m]:>10.4f}{min(v):>10.4f}{max(v):>10.4f}{med[m] / med['random']:>10.2f}")
-    print()
-    print(
-        f"hard refresh: table rebuild of {n_imgs} images takes {statistics.median(refresh_times):.3f} s "
-        f"(median), {statistics.median(refresh_times) / k:.4f} s/step amortised over {k} steps"
-    )
-    overhead = 100.0 * (med["random"] - med["bare step"]) / med["bare step"]
-    print(f"input pipeline overhead (random Trainer loop vs bare step): {overhead:+.1f}%")
-    if params_batches == "classes":
-        hard, random = "hard classes", "random classes"
-    else:
-        hard, random = ("hard refresh" if params_refresh else "hard exact"), "random"
-    print(f"hard mode in {args.params}: {labels[hard]}")
-    print(f"hard/random step time: {med[hard] / med[random]:.2f}")
+    X, model = trainer.X, trainer.embedding
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        pairs = trainer.sampler.pairs()
+        negatives = []
+        for ac, ad, nc in zip(pairs.anchor_cls, pairs.anchor_drawing, pairs.negative_cls):
+            e = model.predict(np.concatenate([X[ac, ad][None], X[nc]])[..., None], verbose=0)
+            negatives.append(int(np.argmin(((e[1:] - e[0]) ** 2).sum(1))))
+        float(trainer._stepper(trainer.sampler.batch(pairs, np.array(negatives))))
+    return (time.perf_counter() - t0) / steps
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ class Params(_Strict):
         """The effective training settings of one strategy: ``train`` with its overrides."""
         merged = self.train.model_dump()
         if name not in self.strategies:
-            raise ParamsError(f"strategies.{name}: no such strategy{_suggest(name, self.strategies)}")
+            raise ParamsError(f"strategies.{name}: no such strategy{_suggest(name, self.strategies)}; defined: {', '.join(self.strategies)}")
         own = self.strategies[name].model_dump()
         for key, value in own.items():
             if value is not None or key not in merged:  # strategy-only keys are always present

@@ -1,0 +1,72 @@
+"""How much the figures move between runs: the default pipeline at other training seeds.
+
+    python benchmarks/seeds.py 1 2 [--out docs/seed_runs.csv]
+
+For each seed, ``dvc exp run -n seed-<s> -S train.seed=<s>`` reruns every training stage,
+``evaluate`` and ``report`` in the workspace (saved as a DVC experiment, so ``dvc exp
+show`` lists them side by side), then appends one row per strategy to ``--out``: seed,
+strategy, test_acc20, within_acc20, assignment_best_acc20, lake20_acc. The evaluation
+tasks stay the same (``evaluate.seed``), so differences between strategies are paired at
+every seed. Add the committed run's own row with ``--current`` (no training). At the end
+the workspace is put back to the commit's params and outputs (``git checkout``, ``dvc
+checkout``). Runs are sequential: a 2-core machine fits one training at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from tripletml.atomic import atomic_path
+
+COLUMNS = ["seed", "strategy", "test_acc20", "within_acc20", "assignment_best_acc20", "lake20_acc"]
+
+
+def rows(seed: int) -> list[dict]:
+    """One row per strategy (and the ensemble) from the workspace's metrics files."""
+    evaluate = json.loads(Path("metrics/evaluate.json").read_text())
+    out = []
+    for strategy, ev in evaluate.items():
+        train = Path("metrics/train") / f"{strategy}.json"
+        best = json.loads(train.read_text()).get("assignment_best_acc20") if train.is_file() else None
+        out.append({"seed": seed, "strategy": strategy, "test_acc20": ev["test_acc20"], "within_acc20": ev["within_acc20"],
+                    "assignment_best_acc20": best, "lake20_acc": ev.get("lake20_acc")})
+    return out
+
+
+def append(path: Path, new: list[dict]) -> None:
+    table = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COLUMNS)
+    seeds = {r["seed"] for r in new}
+    table = pd.concat([table[~table["seed"].isin(seeds)], pd.DataFrame(new, columns=COLUMNS)], ignore_index=True)
+    with atomic_path(path) as tmp:
+        table.sort_values(["seed"], kind="stable").to_csv(tmp, index=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("seeds", nargs="*", type=int)
+    ap.add_argument("--current", action="store_true", help="also record the workspace's own run (its train.seed)")
+    ap.add_argument("--out", default="docs/seed_runs.csv")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if args.current:
+        import yaml
+
+        append(out, rows(int(yaml.safe_load(Path("params.yaml").read_text())["train"]["seed"])))
+    try:
+        for seed in args.seeds:
+            subprocess.run(["dvc", "exp", "run", "-n", f"seed-{seed}", "-S", f"train.seed={seed}"], check=True)
+            append(out, rows(seed))
+            print(f"seed {seed}: recorded in {out}", flush=True)
+    finally:
+        if args.seeds:  # back to the commit's params and outputs; the seed table stays
+            subprocess.run(["git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock", "metrics", "reports"], check=True)
+            subprocess.run(["dvc", "checkout", "--force"], check=True)
+
+
+if __name__ == "__main__":
+    main()
