@@ -6,18 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from references import dist as _dist
+
 from tripletml.distances import DISTANCES
 from tripletml.losses import TripletLoss, TripletMarginLoss, collapse_reason, is_collapsed
 from tripletml.models import build_embedding, build_triplet_network
 
 KINDS = sorted(DISTANCES)
-
-
-def _dist(u, v, kind):
-    if kind == "cosine":
-        return 1.0 - u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
-    sq = float((u - v) @ (u - v))
-    return np.sqrt(sq) if kind == "euclidean" else sq
 
 
 def _hinge(diff, margin, soft):

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from references import dist as _dist
+
 from tripletml.distances import DISTANCES
 from tripletml.miners import (
     MINERS,
@@ -16,13 +18,6 @@ from tripletml.miners import (
 )
 
 KINDS = sorted(DISTANCES)
-
-
-def _dist(u, v, kind):
-    if kind == "cosine":
-        return 1.0 - u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
-    sq = float((u - v) @ (u - v))
-    return np.sqrt(sq) if kind == "euclidean" else sq
 
 
 def _class_batch(seed, classes=4, k=5, dim=6):
