@@ -34,7 +34,7 @@ def rows(seed: int) -> list[dict]:
         train = Path("metrics/train") / f"{strategy}.json"
         best = json.loads(train.read_text()).get("assignment_best_acc20") if train.is_file() else None
         out.append({"seed": seed, "strategy": strategy, "test_acc20": ev["test_acc20"], "within_acc20": ev["within_acc20"],
-                    "assignment_best_acc20": best, "lake20_acc": ev.get("lake20_acc")})
+                    "assignment_best_acc20": None if best is None else round(best, 3), "lake20_acc": ev.get("lake20_acc")})
     return out
 
 

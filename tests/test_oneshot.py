@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from tripletml import oneshot
 from tripletml.oneshot import (
@@ -220,7 +219,7 @@ def test_test_oneshot_details_are_reproducible(X):
 
 
 def _wilson_closed_form(x: int, n: int, conf: float = 0.95) -> tuple[float, float]:
-    z = stats.norm.ppf(0.5 + conf / 2)
+    z = {0.95: 1.959963984540054, 0.99: 2.5758293035489004}[conf]  # normal quantiles
     p = x / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
@@ -247,7 +246,6 @@ def test_mcnemar_exact():
     assert (r["b"], r["c"]) == (7, 1)
     # P(X <= 1 or X >= 7), X ~ Bin(8, 1/2) = 2 * (1 + 8) / 256
     assert r["p_value"] == pytest.approx(18 / 256, abs=1e-12)
-    assert r["p_value"] == pytest.approx(stats.binomtest(7, 8, 0.5).pvalue, abs=1e-12)
     assert mcnemar_exact(b, a)["p_value"] == pytest.approx(r["p_value"])
     same = mcnemar_exact(a, a)
     assert same == {"b": 0, "c": 0, "p_value": 1.0}

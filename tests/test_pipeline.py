@@ -38,12 +38,16 @@ def test_repro_runs_every_stage_and_leaves_status_clean(repo):
     assert "up to date" in status
     table = pd.read_csv(work / "reports" / "comparison.csv")
     for col in ["strategy", "test_acc20", "test_acc20_ci95_low", "test_acc20_ci95_high", "test_acc20_250",
-                "within_acc20", "best_loop", "train_seconds", "seconds_per_step"]:
+                "within_acc20", "best_loop", "train_seconds", "seconds_per_step",
+                "sampler", "miner", "assignment_best_acc20", "lake20_acc"]:
         assert col in table.columns
-    assert list(table.strategy) == ["random", "hard", *(s.split("@")[1] for s in extra)]
+    assert list(table.strategy) == ["random", "hard", *(s.split("@")[1] for s in extra), "ensemble"]
+    assert list(table.sampler[:2]) == ["triplets", "triplets"] and list(table.miner[:2]) == ["random", "hard"]
+    assert table.lake20_acc.between(0, 100).all()  # the synthetic all_runs.zip was scored for every row
     summary = json.loads((work / "data" / "prepared" / "summary.json").read_text())
     assert summary["test"]["smallest_alphabet"] == {"name": "Eval0", "characters": 5}  # synthetic: 5, 6, 5
-    assert "McNemar" in (work / "reports" / "comparison.md").read_text()
+    md = (work / "reports" / "comparison.md").read_text()
+    assert "McNemar" in md and "What moved 20-way accuracy" in md and "Lake et al.'s 20 official one-shot runs" in md
     for png in ["accuracy.png", "tasks.png", "hard_triplets.png"]:
         assert (work / "reports" / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -74,7 +78,7 @@ def test_mlflow_has_one_run_per_training_stage_with_one_value_per_loop(repo):
 
 def test_hard_param_change_reruns_exactly_hard_evaluate_report(repo):
     work, _ = repo
-    out = _run(["dvc", "exp", "run", "-S", "strategies.hard.margin=0.3"], work).stdout
+    out = _run(["dvc", "exp", "run", "-S", "+strategies.hard.margin=0.3"], work).stdout
     assert _ran(out) == {"train_hard", "evaluate", "report"}
     shown = _run(["dvc", "exp", "show", "--csv"], work).stdout.splitlines()
     header = shown[0].split(",")
