@@ -9,7 +9,8 @@ strategy, test_acc20, within_acc20, assignment_best_acc20, lake20_acc. The evalu
 tasks stay the same (``evaluate.seed``), so differences between strategies are paired at
 every seed. Add the committed run's own row with ``--current`` (no training). At the end
 the workspace is put back to the commit's params and outputs (``git checkout``, ``dvc
-checkout``). Runs are sequential: a 2-core machine fits one training at a time.
+checkout``). Runs are sequential: a 2-core machine fits one training at a time. Commit
+nothing while it runs: DVC checks out a detached HEAD for each workspace experiment.
 """
 
 from __future__ import annotations
