@@ -34,8 +34,6 @@ def main() -> None:
     ap.add_argument("--assignment", type=int, default=0, metavar="STEPS", help="also time the course's per-triplet predict for STEPS steps")
     args = ap.parse_args()
 
-    import numpy as np
-
     from tripletml.data import load_prepared
     from tripletml.params import load_params
     from tripletml.training import Trainer
@@ -71,7 +69,6 @@ def main() -> None:
             print(f"hard/random step time, {sampler} sampler: {med[h] / med[r]:.2f} ({h} / {r})")
     if "hard, per-triplet predict" in med and "random" in med:
         print(f"assignment's per-triplet predict / random: {med['hard, per-triplet predict'] / med['random']:.1f}")
-    del np
 
 
 def _assignment_step(trainer, steps: int) -> float:
