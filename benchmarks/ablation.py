@@ -18,7 +18,6 @@ ablation table names the command that produced it.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import subprocess
 import sys
@@ -32,24 +31,7 @@ import yaml  # noqa: E402
 
 from tripletml.atomic import atomic_path  # noqa: E402
 from tripletml.data import load_prepared  # noqa: E402
-from tripletml.params import Params, ParamsError, validate_params  # noqa: E402
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """``["train.margin=0.5", ...]`` applied to a copy of a params mapping."""
-    out = copy.deepcopy(raw)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ParamsError(f"-S {item!r}: expected dotted.key=value")
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-            if node is None:
-                node = {}
-        node[leaf] = yaml.safe_load(value)
-    return out
+from tripletml.params import Params, ParamsError, apply_overrides, validate_params  # noqa: E402
 
 
 def git_commit() -> str:
@@ -82,7 +64,11 @@ def main() -> None:
     args = ap.parse_args()
 
     raw = yaml.safe_load(Path(args.params).read_text(encoding="utf-8")) or {}
-    raw = apply_overrides(raw, args.overrides + [f"train.val_tasks={args.val_tasks}"])
+    pairs = [item.partition("=") for item in args.overrides]
+    bad = [key for key, sep, _ in pairs if not sep]
+    if bad:
+        raise ParamsError(f"-S {bad[0]!r}: expected dotted.key=value")
+    raw = apply_overrides(raw, {key: yaml.safe_load(value) for key, _, value in pairs} | {"train.val_tasks": args.val_tasks})
     params: Params = validate_params(raw, f"{args.params} with {' '.join(args.overrides) or 'no overrides'}")
     settings = params.strategy(args.strategy)
     prepared = Path(params.data.prepared_dir)

@@ -51,7 +51,7 @@ def main() -> None:
     def show(record) -> None:
         print(
             f"{name} loop {record.loop}/{settings['loops']}: loss {record.loss:.4f} "
-            f"val_acc20 {record.val_acc20:.1f} test_acc20_250 {record.test_acc20_250:.1f} ({record.loop_seconds:.0f} s)",
+            f"val_acc20 {_pct(record.val_acc20)} test_acc20_250 {_pct(record.test_acc20_250)} ({record.loop_seconds:.0f} s)",
             flush=True,
         )
 
@@ -75,9 +75,8 @@ def main() -> None:
     trainer.extra["mlflow_run_id"] = logger.run_id
 
     def on_loop(record) -> None:
-        metrics = {"loss": record.loss, "val_acc20": record.val_acc20, "loop_seconds": record.loop_seconds}
-        if record.test_acc20_250 is not None:
-            metrics["test_acc20_250"] = record.test_acc20_250
+        metrics = {"loss": record.loss, "val_acc20": record.val_acc20, "test_acc20_250": record.test_acc20_250,
+                   "loop_seconds": record.loop_seconds}
         logger.log_metrics(metrics, step=record.loop)
         show(record)
 
@@ -89,7 +88,7 @@ def main() -> None:
         "image_size": params.data.image_size,
         "embedding_dim": int(result.embedding.output_shape[-1]),
         "chosen_loop": result.best_loop,
-        "best_val_acc20": round(result.best_val_acc20, 3),
+        "best_val_acc20": _round(result.best_val_acc20),
         "params": {"train": settings, "model": params.model.model_dump(), "data": params.data.model_dump()},
     }
     save_embedder(model_dir, result.embedding, meta)
@@ -103,10 +102,10 @@ def main() -> None:
         "miner": settings["miner"],
         "margin": settings["margin"],
         "final_loss": round(result.history[-1].loss, 5),
-        "assignment_best_acc20": max(per_loop),
+        "assignment_best_acc20": _round(max(per_loop)),
         "assignment_best_loop": int(np.argmax(per_loop)) + 1,
         "best_loop": result.best_loop,
-        "best_val_acc20": round(result.best_val_acc20, 3),
+        "best_val_acc20": _round(result.best_val_acc20),  # null: no validation alphabets, the last loop's model
         "train_seconds": round(result.train_seconds, 2),
         "seconds_per_step": round(result.seconds_per_step, 5),
         "steps": result.steps,
@@ -119,8 +118,16 @@ def main() -> None:
     logger.log_artifacts(model_dir, "embedder")
     logger.close()
     shutil.rmtree(checkpoints, ignore_errors=True)  # a finished stage leaves no checkpoint litter
-    print(f"{name}: best loop {result.best_loop}, val_acc20 {result.best_val_acc20:.1f}, {result.train_seconds:.0f} s")
+    print(f"{name}: chosen loop {result.best_loop}, val_acc20 {_pct(result.best_val_acc20)}, {result.train_seconds:.0f} s")
     print(f"{name}: weights sha256 {result.weights_digest()}")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 if __name__ == "__main__":

@@ -239,3 +239,13 @@ def test_prepare_stage_without_zips_says_where_to_put_them(tmp_path):
     assert res.returncode == 1
     assert "images_background.zip" in res.stderr and "data/raw/" in res.stderr
     assert not (work / "data" / "prepared").exists()
+
+
+def test_no_validation_alphabets_trains_on_every_background_alphabet():
+    X = np.zeros((6, 20, 4, 4), np.float32)
+    background = data.OmniglotSet(X, {"A": (0, 2), "B": (2, 4), "C": (4, 6)})
+    train, val = data.split_train_val(background, 0, seed=0)
+    assert train.alphabets == ["A", "B", "C"] and train.n_characters == 6
+    assert val.n_characters == 0 and val.alphabets == []
+    with pytest.raises(ValueError, match=r"out of range \(0\.\.2\)"):
+        data.split_train_val(background, 3, seed=0)

@@ -1,7 +1,6 @@
 """params.yaml validation: every bad value gets one clear error naming the key and the value."""
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -224,25 +223,10 @@ def test_a_stage_with_bad_params_exits_before_work(tmp_path):
     assert not (tmp_path / "data").exists(), "nothing written"
 
 
-def test_the_readme_command_for_the_assignment_profile_gives_its_settings():
-    """README's `dvc exp run -S ...` applied to params.yaml is the course's configuration."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    block = readme.split("### The assignment's own configuration", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
-    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    for key, value in re.findall(r"-S '?([\w.]+)=([^'\s]+)'?", block):
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    p = validate_params(raw, use_prepared=False)
-    assert (p.data.image_size, p.model.arch, p.evaluate.tta_shift, p.trained()) == (105, "schroff", 0, ["random", "hard"])
-    settings = {name: p.strategy(name) for name in ("random", "hard")}
-    for name, s in settings.items():
-        assert (s["sampler"], s["miner"], s["batch_size"]) == ("triplets", name, 64)  # 64 triplets through the 3-branch network
-        assert (s["loops"], s["steps_per_loop"], s["margin"], s["learning_rate"]) == (10, 100, 0.2, 0.001)
-        assert (s["optimizer"], s["lr_schedule"], s["augment"], s["precision"]) == (
-            "adam", "constant", {"rotations": False, "affine": 0.0, "flips": False}, "float32")
-        assert s["test_tasks"] == 250  # the assignment's per-loop figure
-    a, b = settings.values()
-    assert {k for k in a if a[k] != b[k]} == {"miner", "strategy"}
+
+
+def test_validation_alphabets_count_is_checked_at_load():
+    for bad in (-1, 30):
+        with pytest.raises(ParamsError, match=rf"^params.yaml: data.validation_alphabets = {bad}: must be 0 \(none held out\) to 29"):
+            validate_params({"data": {"validation_alphabets": bad}}, use_prepared=False)
+    assert validate_params({"data": {"validation_alphabets": 0}}, use_prepared=False).data.validation_alphabets == 0

@@ -294,3 +294,17 @@ def test_replica_split_checks_the_batch_form_in_use() -> None:
     with pytest.raises(ParamsError, match=r"^batch_size = 7 "):
         training._check_replica_split({**base, "sampler": "triplets", "batch_size": 7}, 2)
     training._check_replica_split({**base, "sampler": "classes"}, 1)  # one device: anything goes
+
+
+def test_without_validation_alphabets_the_last_loop_is_kept(data) -> None:
+    """data.validation_alphabets: 0 (the assignment's split): nothing to choose on, no validation score."""
+    train_set, val_set, test_set = data
+    empty = val_set.subset([])
+    assert empty.n_characters == 0
+    trainer = Trainer(settings("random", loops=3), MODEL, train_set, empty, test_set)
+    per_loop = {}
+    result = trainer.run(on_loop=lambda r: per_loop.__setitem__(r.loop, _weights(trainer.embedding)))
+    assert [r.val_acc20 for r in result.history] == [None, None, None]
+    assert all(r.test_acc20_250 is not None for r in result.history)
+    assert (result.best_loop, result.best_val_acc20) == (3, None)
+    _assert_weights_close(_weights(result.embedding), per_loop[3], atol=0)

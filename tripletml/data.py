@@ -144,6 +144,17 @@ def _top_folder(set_name: str | None) -> set[str]:
     return {f"images_{set_name}"} if set_name else {f"images_{s}" for s in SETS}
 
 
+def open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
+    """An existing, readable zip archive, or a one-line DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{path}: not a readable zip archive ({exc})") from exc
+
+
 def read_omniglot_zip(path: str | os.PathLike, set_name: str | None = None) -> OmniglotSet:
     """Read an official Omniglot zip (``images_<set>/<Alphabet>/characterNN/*.png``).
 
@@ -151,13 +162,7 @@ def read_omniglot_zip(path: str | os.PathLike, set_name: str | None = None) -> O
     "evaluation") pins the expected top folder.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{path}: not a readable zip archive ({exc})") from exc
-    with zf:
+    with open_zip(path) as zf:
         files: dict[tuple[str, str], list[tuple[str, object]]] = {}
         alphabets: set[str] = set()
         tops: set[str] = set()
@@ -261,13 +266,14 @@ def validation_alphabets(
 ) -> list[str]:
     """Background alphabets held out for model selection.
 
-    ``spec`` is a count (drawn reproducibly from ``seed``) or a list of names.
+    ``spec`` is a count (drawn reproducibly from ``seed``) or a list of names; 0 holds none
+    out (the assignment trains on every background alphabet; no model is then chosen).
     """
     alphabets = sorted(alphabets)
     if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
-        if not 0 < spec < len(alphabets):
+        if not 0 <= spec < len(alphabets):
             raise ValueError(
-                f"data.validation_alphabets: {spec} is out of range (1..{len(alphabets) - 1})"
+                f"data.validation_alphabets: {spec} is out of range (0..{len(alphabets) - 1})"
             )
         rng = np.random.default_rng(seed)
         return sorted(rng.choice(alphabets, size=int(spec), replace=False).tolist())

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tripletml.data import PNG_MAGIC, RAW_SIZE, DataError, _decode_png, raw_to_model
+from tripletml.data import PNG_MAGIC, RAW_SIZE, DataError, _decode_png, open_zip, raw_to_model
 
 RUNS = 20
 CLASSES = 20  # training images (one per character) per run
@@ -114,13 +114,7 @@ def _parse_labels(text: bytes, r: int, where: str) -> np.ndarray:
 def read_lake_runs(path: str | os.PathLike) -> LakeRuns:
     """Read ``all_runs.zip`` without extracting it; any bad member -> one-line DataError."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{path}: not a readable zip archive ({exc})") from exc
-    with zf:
+    with open_zip(path) as zf:
         members = {  # files only; macOS and dot-file debris is ignored, as data.py does
             i.filename: i
             for i in zf.infolist()

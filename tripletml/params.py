@@ -25,6 +25,7 @@ ARCHS = ("convnet", "schroff", "hoffer", "practical", "custom")
 # The official evaluation set's smallest alphabet: what within-alphabet tasks are checked
 # against until `prepare` has written the prepared set's own summary.json.
 OMNIGLOT_SMALLEST_EVALUATION_ALPHABET = ("Angelic", 20)
+OMNIGLOT_BACKGROUND_ALPHABETS = 30
 
 
 class ParamsError(ValueError):
@@ -37,7 +38,7 @@ class _Strict(BaseModel):
 
 class DataParams(_Strict):
     image_size: int = Field(28, ge=8, le=105)
-    validation_alphabets: int | list[str] = 5
+    validation_alphabets: int | list[str] = 5  # 0: train on every background alphabet (the assignment); no model is chosen
     seed: int = 0
     raw_dir: str = "data/raw"
     prepared_dir: str = "data/prepared"
@@ -221,6 +222,12 @@ def _cross_checks(p: Params, source: str, use_prepared: bool = True) -> None:
         raise ParamsError(
             f"{source}: evaluate.tta_shift = {p.evaluate.tta_shift}: shifts must stay below half of data.image_size ({p.data.image_size})"
         )
+    held_out = p.data.validation_alphabets
+    if isinstance(held_out, int) and not 0 <= held_out < OMNIGLOT_BACKGROUND_ALPHABETS:
+        raise ParamsError(
+            f"{source}: data.validation_alphabets = {held_out}: must be 0 (none held out) to "
+            f"{OMNIGLOT_BACKGROUND_ALPHABETS - 1} of the {OMNIGLOT_BACKGROUND_ALPHABETS} background alphabets, or a list of names"
+        )
     alphabet, size = smallest_evaluation_alphabet(p.data.prepared_dir if use_prepared else None)
     if p.evaluate.n_way > size:
         raise ParamsError(
@@ -252,6 +259,23 @@ def smallest_evaluation_alphabet(prepared_dir: str | os.PathLike | None) -> tupl
         return str(found["name"]), int(found["characters"])
     except (OSError, ValueError, KeyError, TypeError):  # not prepared yet, or an older summary
         return OMNIGLOT_SMALLEST_EVALUATION_ALPHABET
+
+
+def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
+    """``{"train.margin": 0.5, ...}`` (dotted keys, as ``dvc exp run -S`` takes them) applied to a
+    copy of a parsed params mapping."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        *parents, leaf = str(key).split(".")
+        node = out
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = value
+    return out
 
 
 def load_params(path: str | os.PathLike = "params.yaml", use_prepared: bool = True) -> Params:

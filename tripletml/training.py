@@ -45,7 +45,7 @@ class LoopRecord:
 
     loop: int
     loss: float
-    val_acc20: float
+    val_acc20: float | None
     test_acc20_250: float | None
     loop_seconds: float
     steps: int
@@ -59,7 +59,7 @@ class TrainResult:
     embedding: keras.Model
     history: list[LoopRecord]
     best_loop: int
-    best_val_acc20: float
+    best_val_acc20: float | None  # None: no validation alphabets, the last loop's model
     train_seconds: float
     steps: int
     extra: dict = field(default_factory=dict)
@@ -181,9 +181,14 @@ class Trainer:
         with scope:  # variables (weights, optimizer slots) become mirrored under a strategy
             self._build(settings, model_params, options, train_set, seed)
         # Validation: the same tasks every loop and for every strategy, seeded apart from training.
+        # No validation alphabets (the assignment's split): no model is chosen, the last loop's is kept.
         self.val_set, self.test_set = val_set, test_set
-        self.val_tasks = oneshot.sample_tasks(
-            val_set.c, val_set.n_characters, settings["n_way"], settings["val_tasks"], np.random.default_rng([seed, 1])
+        self.val_tasks = (
+            oneshot.sample_tasks(
+                val_set.c, val_set.n_characters, settings["n_way"], settings["val_tasks"], np.random.default_rng([seed, 1])
+            )
+            if val_set is not None and val_set.n_characters
+            else None
         )
         self.history: list[LoopRecord] = []
         self.best_loop, self.best_val = -1, -math.inf
@@ -216,6 +221,7 @@ class Trainer:
         )
         image_shape = (self.image_size, self.image_size, 1)
         self._stepper = _Stepper(self.embedding, settings["sampler"], self.miner, loss, self.optimizer, self.augmenter, image_shape, dist)
+        self._index_rule = self._stepper._indices  # the step's own triplet rule, for the report's examples
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -313,22 +319,16 @@ class Trainer:
         return self._stepper(batch), batch
 
     def mined(self, batch: Batch) -> np.ndarray:
-        """(T, 3) batch rows of the triplets the strategy trains on in ``batch``, under the current weights."""
-        if batch.y.ndim == 2:
-            rows = np.arange(len(batch.y)) * 3
-            return np.stack([rows, rows + 1, rows + 2], axis=1)
-        x, y = batch.arrays()[:2]
-        emb = self.embed(x)
-        share = len(y) // replicas(self.distribution)  # each replica mines inside its own slice
+        """(T, 3) batch rows of the triplets the strategy trains on in ``batch``, under the current
+        weights: the step's own rule, run eagerly on each replica's slice (inference-mode embeddings)."""
+        x, y, *draws = batch.arrays()
+        share = len(y) // replicas(self.distribution)
         found = []
         for i in range(0, len(y), share):
-            e, lab = emb[i : i + share], y[i : i + share]
-            if self.miner.name in NEGATIVE_MINERS:
-                a, p, cand, u = pairs_with_negative_class(lab, batch.arrays()[2][i : i + share])
-                idx = (a, p, self.miner(e, a, cand, u))
-            else:
-                idx = self.miner(e, lab)
-            found.append(np.stack([np.asarray(t) for t in idx], axis=1) + i)
+            rows = slice(i, i + share)
+            images = tf.reshape(x[rows], (-1, self.image_size, self.image_size, 1))
+            idx = self._index_rule(images, tf.constant(self.embed(images.numpy())), y[rows], [d[rows] for d in draws])
+            found.append(np.stack([np.asarray(t) for t in idx], axis=1) + (3 * i if batch.y.ndim == 2 else i))
         return np.concatenate(found)
 
     def _record_examples(self, batch: Batch, loop: int, n: int = 8) -> None:
@@ -366,24 +366,27 @@ class Trainer:
             self.train_seconds += seconds
             if not np.isfinite(loss):
                 raise TrainingError(f"{self.name}: loss is {loss} at loop {loop + 1}; stopping (try a lower learning rate)")
-            val_acc, val_emb = self.score(self.val_set, self.val_tasks)
-            reason = collapse_reason(val_emb[np.isfinite(val_emb).all(axis=-1)], loss, s["margin"])
-            if reason:
-                raise TrainingError(f"{self.name}: the embedding collapsed at loop {loop + 1} ({reason}); stopping")
-            test_acc = self.score(self.test_set, self.loop_test_tasks(loop))[0] if self.test_set is not None else None
+            val_acc, emb = self.score(self.val_set, self.val_tasks) if self.val_tasks is not None else (None, None)
+            test_acc = None
+            if self.test_set is not None:
+                test_acc, test_emb = self.score(self.test_set, self.loop_test_tasks(loop))
+                emb = test_emb if emb is None else emb  # the collapse check only stops training: any set will do
+            if emb is not None:
+                reason = collapse_reason(emb[np.isfinite(emb).all(axis=-1)], loss, s["margin"])
+                if reason:
+                    raise TrainingError(f"{self.name}: the embedding collapsed at loop {loop + 1} ({reason}); stopping")
             record = LoopRecord(loop + 1, loss, val_acc, test_acc, seconds, s["steps_per_loop"])
             self.history.append(record)
-            if val_acc > self.best_val:  # ties keep the earlier loop
-                self.best_val, self.best_loop = val_acc, loop + 1
+            if val_acc is None or val_acc > self.best_val:  # ties keep the earlier loop; no validation: the last
+                self.best_val, self.best_loop = (-math.inf if val_acc is None else val_acc), loop + 1
                 self.best_weights = self.embedding.get_weights()
             if on_loop is not None:
                 on_loop(record)
             if checkpoint_dir is not None:
                 self.save_checkpoint(checkpoint_dir)
         self.embedding.set_weights(self.best_weights)
-        return TrainResult(
-            self.embedding, self.history, self.best_loop, self.best_val, self.train_seconds, self.total_steps, self.extra
-        )
+        best_val = None if self.val_tasks is None else self.best_val
+        return TrainResult(self.embedding, self.history, self.best_loop, best_val, self.train_seconds, self.total_steps, self.extra)
 
 
 def progress_bar(steps, desc: str):
