@@ -1,9 +1,11 @@
 """Benchmark: seconds per training step of each strategy (sampler x miner), side by side.
 
-    python benchmarks/selection.py [--params params.yaml] [--repeats 5] [--steps 20] [--strategies random hard ...]
+    python benchmarks/selection.py [--params params.yaml] [--profile NAME] [-S key=value ...]
+                                   [--repeats 5] [--steps 20] [--strategies random hard ...]
 
-Every strategy trains from params.yaml's settings on ``<prepared_dir>/train.npz`` (run
-``dvc repro prepare`` first). A timed step is what ``Trainer.run`` does per step: draw the
+Every strategy trains from params.yaml's settings (with ``profiles/<NAME>.yaml`` and then
+each ``-S`` applied on top) on ``<prepared_dir>/train.npz``, which must hold images of
+``data.image_size`` (``dvc repro prepare``, or ``stages/prepare.py`` with those params). A timed step is what ``Trainer.run`` does per step: draw the
 batch (for hard in triplet batches, one batched inference-mode pass over the anchors and
 every drawing of each negative class, then the miner), then the compiled train step; the
 loss is read back each step so no work is left queued. The strategies are timed
@@ -28,21 +30,32 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--profile", help="apply profiles/<PROFILE>.yaml on top of the params")
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--strategies", nargs="*", help="default: every strategy the pipeline trains")
     ap.add_argument("--assignment", type=int, default=0, metavar="STEPS", help="also time the course's per-triplet predict for STEPS steps")
     args = ap.parse_args()
 
+    import yaml
+
     from tripletml.data import load_prepared
-    from tripletml.params import load_params
+    from tripletml.params import apply_overrides, validate_params
     from tripletml.training import Trainer
 
-    p = load_params(args.params)
+    raw = yaml.safe_load(open(args.params, encoding="utf-8"))
+    if args.profile:
+        raw = apply_overrides(raw, yaml.safe_load(open(f"profiles/{args.profile}.yaml", encoding="utf-8")))
+    raw = apply_overrides(raw, {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.overrides)})
+    p = validate_params(raw, args.params, use_prepared=False)
     names = args.strategies or p.trained()
     sets = [load_prepared(f"{p.data.prepared_dir}/{s}.npz") for s in ("train", "val")]
+    if sets[0].X.shape[-1] != p.data.image_size:
+        raise SystemExit(f"error: {p.data.prepared_dir}/train.npz holds {sets[0].X.shape[-1]} px images, not data.image_size = {p.data.image_size}")
     trainers = {n: Trainer(p.strategy(n), p.model.model_dump(), *sets) for n in names}
-    print(f"data: {sets[0].X.shape[0]} characters x {sets[0].X.shape[1]} x {sets[0].X.shape[2]} px; model {p.model.arch}, precision {p.train.precision}")
+    print(f"data: {sets[0].X.shape[0]} characters x {sets[0].X.shape[1]} x {sets[0].X.shape[2]} px; model {p.model.arch}, "
+          f"precision {p.train.precision}, triplets sampler: {p.train.batch_size} triplets a step")
     for t in trainers.values():  # trace every graph before timing
         for _ in range(3):
             float(t.train_step()[0])
