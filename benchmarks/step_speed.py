@@ -1,6 +1,7 @@
 """Benchmark: seconds per training step of the default convnet under compute settings.
 
     python benchmarks/step_speed.py [--images 160] [--repeats 3] [--steps 30]
+                                    [--arch convnet --size 28] [--settings bf16 float32 ...]
 
 Times one compiled train step (forward, backward, Adam update) on ``--images`` random
 28x28 images (160 = the default class batch of 8 x 20; 192 = a step of 64 triplets) for
@@ -39,7 +40,7 @@ SETTINGS = {
 }
 
 
-def time_one(setting: dict, images: int, repeats: int, steps: int) -> float:
+def time_one(setting: dict, images: int, repeats: int, steps: int, arch: str = "convnet", size: int = 28) -> float:
     """Median seconds per step for one setting, in this process."""
     import numpy as np
     import tensorflow as tf
@@ -55,9 +56,10 @@ def time_one(setting: dict, images: int, repeats: int, steps: int) -> float:
             keras.layers.BatchNormalization if setting["bn"] == "keras" else lambda **kw: keras.layers.Identity(name=kw["name"])
         )
     keras.mixed_precision.set_global_policy(setting["precision"])
-    model = models.build_embedding("convnet", 28, 128, filters=64, blocks=4, pool_padding="same")
+    options = dict(filters=64, blocks=4, pool_padding="same") if arch == "convnet" else {}
+    model = models.build_embedding(arch, size, 128 if arch == "convnet" else None, **options)
     optimizer = keras.optimizers.Adam(1e-3)
-    x = tf.constant(np.random.default_rng(0).random((images, 28, 28, 1), dtype=np.float32))
+    x = tf.constant(np.random.default_rng(0).random((images, size, size, 1), dtype=np.float32))
 
     @tf.function(jit_compile=bool(setting.get("jit")))
     def step(x):
@@ -68,7 +70,7 @@ def time_one(setting: dict, images: int, repeats: int, steps: int) -> float:
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    for _ in range(5):
+    for _ in range(2 if size > 64 else 5):
         step(x).numpy()
     times = []
     for _ in range(repeats):
@@ -84,16 +86,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=160)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--arch", default="convnet", help="a network of tripletml.architectures (default convnet)")
+    ap.add_argument("--size", type=int, default=28, help="image size in pixels (default 28)")
+    ap.add_argument("--settings", nargs="*", help=f"a subset of: {', '.join(SETTINGS)}")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: time one setting and print JSON
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(time_one(json.loads(args.one), args.images, args.repeats, args.steps)))
+        print(json.dumps(time_one(json.loads(args.one), args.images, args.repeats, args.steps, args.arch, args.size)))
         return
     root = Path(__file__).resolve().parents[1]
     base = None
     print(f"{'setting':28s} {'s/step':>8s} {'x bf16':>7s}")
-    for name, (setting, env) in SETTINGS.items():
-        cmd = [sys.executable, __file__, "--images", str(args.images), "--repeats", str(args.repeats), "--steps", str(args.steps), "--one", json.dumps(setting)]
+    for name in args.settings or SETTINGS:
+        setting, env = SETTINGS[name]
+        cmd = [sys.executable, __file__, "--images", str(args.images), "--repeats", str(args.repeats), "--steps", str(args.steps),
+               "--arch", args.arch, "--size", str(args.size), "--one", json.dumps(setting)]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(root), **env}
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout.strip().splitlines()[-1]
         seconds = float(out)
