@@ -300,8 +300,9 @@ class Trainer:
         anchors = np.arange(b)
         if not self.miner.needs_embeddings:
             return self.miner(None, anchors, np.tile(np.arange(n_draw), (b, 1)), pairs.u).numpy()
-        images = np.concatenate([self.X[pairs.anchor_cls, pairs.anchor_drawing][:, None], self.X[pairs.negative_cls]], axis=1)
-        emb = self.embed(images.reshape(-1, *self.X.shape[2:], 1))  # (B * (1 + n_draw), D): anchor, its candidates
+        anchor_images = self.X[pairs.anchor_cls, pairs.anchor_drawing][:, None, ..., None]
+        images = np.concatenate([anchor_images, self.sampler.candidates(pairs)], axis=1)
+        emb = self.embed(images.reshape(-1, *images.shape[2:]))  # (B * (1 + n_draw), D): anchor, its candidates
         rows = anchors * (1 + n_draw)
         chosen = self.miner(emb, rows, rows[:, None] + 1 + np.arange(n_draw), pairs.u).numpy()
         return chosen - rows - 1
