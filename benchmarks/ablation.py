@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
@@ -45,12 +44,12 @@ def within_accuracy(embedding, val_set, tasks: int, n_way: int, seed: int) -> fl
     """% of ``tasks`` within-alphabet tasks on the validation alphabets the chosen model gets right."""
     import numpy as np
 
-    from tripletml import oneshot
+    from tripletml import course
     from tripletml.embedder import make_embed_fn
 
     # Seeded apart from training's validation tasks ([seed, 1]) and test tasks ([seed, 2]).
     rng = np.random.default_rng([seed, 3])
-    return oneshot.test_oneshot(make_embed_fn(embedding), val_set.X, n_way, tasks, c=val_set.c, within_alphabet=True, rng=rng)
+    return course.test_oneshot(make_embed_fn(embedding), val_set.X, n_way, tasks, c=val_set.c, within_alphabet=True, rng=rng)
 
 
 def main() -> None:
@@ -84,8 +83,8 @@ def main() -> None:
     def on_loop(r) -> None:
         print(f"{args.label}: loop {r.loop} loss {r.loss:.4f} val_acc20 {r.val_acc20:.1f} ({r.loop_seconds:.0f} s)", flush=True)
 
-    result = train(settings, params.model.model_dump(), train_set, val_set, None, on_loop=on_loop)
-    within = within_accuracy(result.embedding, val_set, args.val_tasks, settings["n_way"], settings["seed"])
+    result = train(settings, params.model, train_set, val_set, None, on_loop=on_loop)
+    within = within_accuracy(result.embedding, val_set, args.val_tasks, settings.n_way, settings.seed)
     row = {
         "label": args.label,
         "strategy": args.strategy,
@@ -94,7 +93,7 @@ def main() -> None:
         "last_val_acc20": round(result.history[-1].val_acc20, 2),
         "best_val_within20": round(within, 2),
         "best_loop": result.best_loop,
-        "loops": settings["loops"],
+        "loops": settings.loops,
         "steps": result.steps,
         "seconds_per_step": round(result.seconds_per_step, 4),
         "train_seconds": round(result.train_seconds, 1),

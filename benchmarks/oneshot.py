@@ -26,21 +26,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from tripletml.oneshot import (  # noqa: E402
-    embed_set,
-    evaluate_tasks,
-    evaluate_tasks_reference,
-    sample_tasks,
-)
+from tripletml.course import evaluate_tasks_reference  # noqa: E402
+from tripletml.oneshot import embed_set, evaluate_tasks, sample_tasks  # noqa: E402
 
 
 def load_images(path: Path) -> tuple[np.ndarray, str]:

@@ -53,7 +53,7 @@ def main() -> None:
     sets = [load_prepared(f"{p.data.prepared_dir}/{s}.npz") for s in ("train", "val")]
     if sets[0].X.shape[-1] != p.data.image_size:
         raise SystemExit(f"error: {p.data.prepared_dir}/train.npz holds {sets[0].X.shape[-1]} px images, not data.image_size = {p.data.image_size}")
-    trainers = {n: Trainer(p.strategy(n), p.model.model_dump(), *sets) for n in names}
+    trainers = {n: Trainer(p.strategy(n), p.model, *sets) for n in names}
     print(f"data: {sets[0].X.shape[0]} characters x {sets[0].X.shape[1]} x {sets[0].X.shape[2]} px; model {p.model.arch}, "
           f"precision {p.train.precision}, triplets sampler: {p.train.batch_size} triplets a step")
     for t in trainers.values():  # trace every graph before timing
@@ -72,10 +72,10 @@ def main() -> None:
     print(f"\nrepeats: {args.repeats} (median), steps per repeat: {args.steps}\n")
     print(f"{'strategy':28s} {'sampler':9s} {'miner':10s} {'s/step':>8s} {'min':>8s} {'max':>8s}")
     for n, ts in times.items():
-        s = p.strategy(n) if n in p.strategies else {"sampler": "triplets", "miner": "hard"}
-        print(f"{n:28s} {s['sampler']:9s} {s['miner']:10s} {statistics.median(ts):8.4f} {min(ts):8.4f} {max(ts):8.4f}")
+        sampler, miner = (p.strategy(n).sampler, p.strategy(n).miner) if n in p.strategies else ("triplets", "hard")
+        print(f"{n:28s} {sampler:9s} {miner:10s} {statistics.median(ts):8.4f} {min(ts):8.4f} {max(ts):8.4f}")
     med = {n: statistics.median(ts) for n, ts in times.items()}
-    cells = {(p.strategy(n)["sampler"], p.strategy(n)["miner"]): n for n in names}
+    cells = {(p.strategy(n).sampler, p.strategy(n).miner): n for n in names}
     for sampler in ("triplets", "classes"):
         if (sampler, "hard") in cells and (sampler, "random") in cells:
             h, r = cells[sampler, "hard"], cells[sampler, "random"]

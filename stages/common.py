@@ -29,23 +29,6 @@ def run(main: Callable[[], None]) -> None:
         sys.exit(1)
 
 
-def pipeline_tag() -> str:
-    """The MLflow tag shared by every stage of one pipeline run (same params + commit)."""
-    from pathlib import Path
-
-    from tripletml import tracking
-
-    return tracking.pipeline_tag(Path(PARAMS_FILE).read_text(encoding="utf-8"), tracking.git_commit("."))
-
-
-def pending_file(stage: str):
-    """Where MLflow records that could not be sent wait for a replay (git-ignored)."""
-    from tripletml import tracking
-
-    # The outer repo's root even under `dvc exp run --temp`, whose copy DVC deletes.
-    return tracking.repo_root() / ".mlflow_pending" / f"{stage}.jsonl"
-
-
 def strategies(p: Params) -> list[str]:
     """Every strategy the pipeline trains, in report order."""
     return p.trained()

@@ -1,4 +1,5 @@
-"""Stage `download`: make sure data/raw holds both Omniglot zips (download if missing)."""
+"""Stage `download`: make sure data/raw holds the Omniglot images (the official zips, downloaded
+if missing, or the course's pickles) and Lake's one-shot runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from tripletml.download import ensure_raw_zips
 
 
 def main() -> None:
-    for name, path in ensure_raw_zips(common.params(use_prepared=False).data.raw_dir).items():
+    d = common.params(use_prepared=False).data
+    pickles = (d.course_pickles.train, d.course_pickles.test) if d.course_pickles else None
+    for name, path in ensure_raw_zips(d.raw_dir, course_pickles=pickles).items():
         print(f"{name}: {path}")
 
 

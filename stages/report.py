@@ -12,7 +12,7 @@ from pathlib import Path
 
 import common
 
-from tripletml import report, tracking
+from tripletml import figures, markdown, report, tracking
 from tripletml.atomic import ensure_writable
 from tripletml.data import load_prepared
 
@@ -31,22 +31,21 @@ def main() -> None:
     seeds = report.load_seed_runs(SEED_RUNS)
     prepared = Path(p.data.prepared_dir)
     ensure_writable(OUT)
-    uri = tracking.default_tracking_uri()
-    tracking.check_reachable(uri)
 
-    table = report.comparison_table(evaluate, train)
+    settings = {s: p.strategy(s) for s in names}
+    table = report.comparison_table(evaluate, train, {s: (v.sampler, v.miner) for s, v in settings.items()})
     tests = report.paired_tests(predictions, report.factor_pairs(table))
-    hard = p.strategy("hard")
-    figures = {
-        "Accuracy and loss per loop": report.plot_accuracy(
-            histories, OUT / "accuracy.png", p.evaluate.n_way, {s: train[s]["margin"] for s in names}
+    hard = settings["hard"]
+    pictures = {
+        "Accuracy and loss per loop": figures.plot_accuracy(
+            histories, OUT / "accuracy.png", p.evaluate.n_way, {s: v.margin for s, v in settings.items()}
         ),
-        "Test tasks and each strategy's pick": report.plot_tasks(
+        "Test tasks and each strategy's pick": figures.plot_tasks(
             load_prepared(prepared / "test.npz").X, predictions, names, OUT / "tasks.png"
         ),
-        "Triplets mined by the hard strategy": report.plot_hard_triplets(
+        "Triplets mined by the hard strategy": figures.plot_hard_triplets(
             load_prepared(prepared / "train.npz").X, mined, OUT / "hard_triplets.png",
-            title=f"Triplets mined by the hard strategy ({hard['sampler']} sampler, {hard['miner']} miner)",
+            title=f"Triplets mined by the hard strategy ({hard.sampler} sampler, {hard.miner} miner)",
         ),
     }
     context = {
@@ -59,15 +58,9 @@ def main() -> None:
         "tasks": f"{p.evaluate.tasks} x {p.evaluate.n_way}-way",
         "test-time shifts": f"up to {p.evaluate.tta_shift} px" if p.evaluate.tta_shift else "none",
     }
-    written = report.write_report(OUT, table, tests, context, figures, report.finding(tests, seeds))
+    written = markdown.write_report(OUT, table, tests, context, pictures, report.finding(tests, seeds))
     print(written["md"].read_text())
-    tracking.log_evaluation(
-        uri,
-        run_name="report",
-        tags={"dvc_stage": "report", "pipeline": common.pipeline_tag(), "git_commit": tracking.git_commit(".") or "unknown"},
-        metrics={f"{row.strategy}_test_acc20": float(row.test_acc20) for row in table.itertuples()},
-        artifacts=[str(written["csv"]), str(written["md"]), *map(str, figures.values())],
-    )
+    tracking.LiveRun("report").finish()  # an observer: a lost MLflow store costs a warning, never the stage
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Writes models/<strategy>/{embedding.keras, meta.json, mined.json},
 metrics/train/<strategy>.json and metrics/history/<strategy>.csv, and logs the run
-(params, per-loop loss / val_acc20 / test_acc20_250 / loop_seconds, the model) to MLflow.
+(params, per-loop loss / val_acc20 / test_acc20_250 / loop_seconds, the model) to MLflow
+when the store answers (`python -m tripletml.tracking sync` catches up otherwise).
 A checkpoint after every loop (checkpoints/<strategy>/) lets a killed stage resume.
 """
 
@@ -19,8 +20,12 @@ import pandas as pd
 from tripletml import tracking
 from tripletml.atomic import atomic_path, ensure_writable, write_json
 from tripletml.data import load_prepared
-from tripletml.distribute import is_chief
-from tripletml.embedder import save_embedder
+
+
+def _is_chief() -> bool:
+    from tripletml.distribute import is_chief  # imports TensorFlow: only after the params are checked
+
+    return is_chief()
 
 
 def main() -> None:
@@ -33,24 +38,23 @@ def main() -> None:
     train_set, val_set, test_set = (load_prepared(prepared / f"{s}.npz") for s in ("train", "val", "test"))
     checkpoints, model_dir = Path("checkpoints") / name, Path("models") / name
     # Under multi_worker only the chief writes anything (TF_CONFIG says who is chief).
-    chief = settings["distribute"] != "multi_worker" or is_chief()
+    chief = settings.distribute != "multi_worker" or _is_chief()
     if chief:
         ensure_writable(checkpoints, model_dir, "metrics/train", "metrics/history")
-        uri = tracking.default_tracking_uri()
-        tracking.check_reachable(uri)  # fail fast, before any training
 
     from tripletml.distribute import make_distribution
+    from tripletml.embedder import save_embedder
     from tripletml.training import Trainer  # TensorFlow runs only once the inputs are known good
 
-    distribution = make_distribution(settings["distribute"], settings["cpu_replicas"])  # before other TF work
-    trainer = Trainer(settings, params.model.model_dump(), train_set, val_set, test_set, distribution)
+    distribution = make_distribution(settings.distribute, settings.cpu_replicas)  # before other TF work
+    trainer = Trainer(settings, params.model, train_set, val_set, test_set, distribution)
     resumed = trainer.load_checkpoint(checkpoints)  # other workers read the chief's, on shared storage
     if resumed:
         print(f"resuming {name} after loop {trainer.start_loop}")
 
     def show(record) -> None:
         print(
-            f"{name} loop {record.loop}/{settings['loops']}: loss {record.loss:.4f} "
+            f"{name} loop {record.loop}/{settings.loops}: loss {record.loss:.4f} "
             f"val_acc20 {_pct(record.val_acc20)} test_acc20_250 {_pct(record.test_acc20_250)} ({record.loop_seconds:.0f} s)",
             flush=True,
         )
@@ -59,25 +63,11 @@ def main() -> None:
         result = trainer.run(show)
         print(f"{name}: worker finished; weights sha256 {result.weights_digest()}")
         return
-    logger = tracking.RunLogger.start(
-        uri,
-        run_name=f"train_{name}",
-        tags={
-            "strategy": name,
-            "dvc_stage": f"train_{name}",
-            "git_commit": tracking.git_commit(".") or "unknown",
-            "pipeline": common.pipeline_tag(),
-        },
-        params={"train": settings, "model": params.model.model_dump(), "data": params.data.model_dump()},
-        run_id=trainer.extra.get("mlflow_run_id") if resumed else None,
-        replay_file=common.pending_file(f"train_{name}"),
-    )
-    trainer.extra["mlflow_run_id"] = logger.run_id
+    # An observer: a lost MLflow store costs a warning, never the stage (tripletml/tracking.py).
+    live = tracking.LiveRun(f"train_{name}", {"train": settings, "model": params.model, "data": params.data})
 
     def on_loop(record) -> None:
-        metrics = {"loss": record.loss, "val_acc20": record.val_acc20, "test_acc20_250": record.test_acc20_250,
-                   "loop_seconds": record.loop_seconds}
-        logger.log_metrics(metrics, step=record.loop)
+        live.log_loop(record.as_dict())
         show(record)
 
     result = trainer.run(on_loop, checkpoints, progress=True)
@@ -89,18 +79,15 @@ def main() -> None:
         "embedding_dim": int(result.embedding.output_shape[-1]),
         "chosen_loop": result.best_loop,
         "best_val_acc20": _round(result.best_val_acc20),
-        "params": {"train": settings, "model": params.model.model_dump(), "data": params.data.model_dump()},
+        "params": {"train": settings.model_dump(), "model": params.model.model_dump(), "data": params.data.model_dump()},
     }
     save_embedder(model_dir, result.embedding, meta)
     write_json(model_dir / "mined.json", result.extra.get("mined", {}))
     # The assignment's figure: the best of the per-loop accuracies on fresh test tasks,
     # chosen on test, so optimistic; reported beside the validation-chosen model, never for it.
     per_loop = [r.test_acc20_250 for r in result.history]
+    # Figures to compare only (dvc metrics show / diff); the strategy's settings are params.
     summary = {
-        "strategy": name,
-        "sampler": settings["sampler"],
-        "miner": settings["miner"],
-        "margin": settings["margin"],
         "final_loss": round(result.history[-1].loss, 5),
         "assignment_best_acc20": _round(max(per_loop)),
         "assignment_best_loop": int(np.argmax(per_loop)) + 1,
@@ -108,15 +95,11 @@ def main() -> None:
         "best_val_acc20": _round(result.best_val_acc20),  # null: no validation alphabets, the last loop's model
         "train_seconds": round(result.train_seconds, 2),
         "seconds_per_step": round(result.seconds_per_step, 5),
-        "steps": result.steps,
-        "loops": settings["loops"],
     }
     write_json(Path("metrics/train") / f"{name}.json", summary)
     with atomic_path(Path("metrics/history") / f"{name}.csv") as tmp:
         pd.DataFrame([r.as_dict() for r in result.history]).to_csv(tmp, index=False)
-    logger.log_metrics({"best_val_acc20": result.best_val_acc20, "best_loop": result.best_loop}, step=settings["loops"])
-    logger.log_artifacts(model_dir, "embedder")
-    logger.close()
+    live.finish()  # params, metrics, the model (registered), the datasets: from the outputs just written
     shutil.rmtree(checkpoints, ignore_errors=True)  # a finished stage leaves no checkpoint litter
     print(f"{name}: chosen loop {result.best_loop}, val_acc20 {_pct(result.best_val_acc20)}, {result.train_seconds:.0f} s")
     print(f"{name}: weights sha256 {result.weights_digest()}")

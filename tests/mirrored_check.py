@@ -16,14 +16,13 @@ from test_training import MODEL, _make_set, settings  # noqa: E402
 from tripletml.training import Trainer  # noqa: E402
 
 name = sys.argv[1]  # a strategy of test_training.STRATEGIES
-s = settings(name, batch_size=8)
-s["distribute"] = "mirrored"
+s = settings(name, batch_size=8, distribute="mirrored")
 train, val = _make_set(12, 0), _make_set(6, 1)
 one = Trainer(s, MODEL, train, val)
 two = Trainer(s, MODEL, train, val, distribution=mirrored)
 two.embedding.set_weights(one.embedding.get_weights())
 out = {"replicas": int(mirrored.num_replicas_in_sync)}
-if s["sampler"] == "classes":
+if s.sampler == "classes":
     # Class batches mine inside each replica's half of the classes: the first step's loss is the
     # mean of the two halves' losses, with BatchNorm's statistics over the whole batch.
     one.rng = one.sampler.rng = np.random.default_rng(7)

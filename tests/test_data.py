@@ -1,9 +1,10 @@
 """Reading Omniglot: round trips, polarity, resizing, splits, pickles and every bad input."""
 
 import pickle
+import struct
 import subprocess
 import sys
-import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +37,6 @@ def test_zip_round_trip_keeps_every_pixel_and_the_layout(bg_zip):
     member = f"images_background/Alpha2/character03/{2:04d}{2:02d}_07.png"
     np.testing.assert_array_equal(s.X[lo + 2, 6], images[member])
     assert s.names[lo + 2] == "Alpha2/character03"
-
-
-def test_folder_source_equals_zip_source(bg_zip, tmp_path):
-    path, _ = bg_zip
-    with zipfile.ZipFile(path) as zf:
-        zf.extractall(tmp_path)
-    a = data.read_omniglot_zip(path)
-    b = data.read_omniglot(tmp_path / "images_background")
-    np.testing.assert_array_equal(a.X, b.X)
-    assert a.c == b.c and a.names == b.names
 
 
 def test_polarity_and_range_of_model_images(bg_zip):
@@ -163,6 +154,11 @@ def _bad_zip(tmp_path, kind):
         extra["images_background/Alpha1/character09/x_20.png"] = png_bytes(np.ones((100, 105), np.uint8))
         make_zip(path, "background", alph, extra=extra)
         return path, "x_20.png: image is 105x100, expected 105x105"
+    if kind == "bomb":  # a valid header declaring 30000 x 30000 (Pillow: DecompressionBombError)
+        extra = {f"images_background/Alpha1/character09/x_{d:02d}.png": good for d in range(1, 20)}
+        extra["images_background/Alpha1/character09/x_20.png"] = _declaring(good, 30000, 30000)
+        make_zip(path, "background", alph, extra=extra)
+        return path, "Alpha1/character09/x_20.png: image is 30000x30000, expected 105x105"
     if kind == "empty_alphabet":
         make_zip(path, "background", alph, extra={"images_background/Empty/": b""})
         return path, "alphabet 'Empty' is empty"
@@ -172,7 +168,23 @@ def _bad_zip(tmp_path, kind):
     raise AssertionError(kind)
 
 
-BAD = ["corrupt", "garbage", "top", "drawings", "not_png", "size", "empty_alphabet", "slip"]
+def _declaring(png: bytes, width: int, height: int) -> bytes:
+    """``png`` with its IHDR chunk claiming another size (CRC recomputed, so only the size is wrong)."""
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + png[24:29]
+    return png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+def test_a_bomb_header_is_refused_before_pillow_sees_it():
+    from PIL import Image
+
+    bomb = _declaring(png_bytes(np.ones((105, 105), np.uint8)), 30000, 30000)
+    with pytest.raises(Image.DecompressionBombError):  # what Pillow itself would do with it
+        Image.open(__import__("io").BytesIO(bomb))
+    with pytest.raises(data.DataError, match="image is 30000x30000, expected 105x105"):
+        data._decode_png(bomb, "x.png")
+
+
+BAD = ["corrupt", "garbage", "top", "drawings", "not_png", "size", "bomb", "empty_alphabet", "slip"]
 
 
 @pytest.mark.parametrize("kind", BAD)
@@ -214,7 +226,7 @@ def test_prepare_stage_writes_all_splits_and_summary(tmp_path):
     assert val.X.shape[1:] == (20, 28, 28) and val.alphabets == summary["val"]["names"]
 
 
-@pytest.mark.parametrize("kind", ["corrupt", "drawings", "slip"])
+@pytest.mark.parametrize("kind", ["corrupt", "drawings", "bomb", "slip"])
 def test_prepare_stage_bad_input_one_line_error_and_outputs_intact(tmp_path, kind):
     work = _stage_repo(tmp_path)
     assert _prepare(work).returncode == 0

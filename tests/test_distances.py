@@ -6,7 +6,6 @@ from tripletml.distances import (
     DISTANCES,
     paired_distances,
     pairwise_distances,
-    pairwise_sqeuclidean_np,
 )
 
 
@@ -70,25 +69,3 @@ def test_unknown_kind():
         pairwise_distances(np.zeros((2, 2)), kind="manhattan")
     with pytest.raises(ValueError, match="manhattan"):
         paired_distances(np.zeros((2, 2)), np.zeros((2, 2)), kind="manhattan")
-
-
-def test_numpy_helper():
-    rng = np.random.default_rng(1)
-    a = rng.normal(size=(6, 8))
-    b = rng.normal(size=(3, 8))
-    d = pairwise_sqeuclidean_np(a, b)
-    assert d.dtype == np.float32 and d.shape == (6, 3)
-    np.testing.assert_allclose(d, _reference(a, b, "sqeuclidean"), rtol=1e-5, atol=1e-5)
-    # Near-identical rows: the expansion cancels to tiny negatives, which are clipped.
-    same = np.repeat(rng.normal(size=(1, 8)) * 100, 5, axis=0)
-    d = pairwise_sqeuclidean_np(same, same + 1e-6)
-    assert np.all(d >= 0)
-    d_self = pairwise_sqeuclidean_np(a)
-    assert np.all(np.diag(d_self) == 0)
-    np.testing.assert_allclose(d_self, _reference(a, a, "sqeuclidean"), rtol=1e-5, atol=1e-4)
-    # Images (n, S, S) are flattened.
-    imgs = rng.random((3, 4, 4))
-    np.testing.assert_allclose(
-        pairwise_sqeuclidean_np(imgs), _reference(imgs.reshape(3, -1), imgs.reshape(3, -1), "sqeuclidean"),
-        rtol=1e-5, atol=1e-5,
-    )  # fmt: skip

@@ -33,12 +33,27 @@ def module_file(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+# Modules a stage runs whose work no output depends on: the MLflow logging only reads what a
+# stage wrote (tests/test_tracking.py: a stage's outputs are the same whether the store answers
+# or not), so editing it re-runs no stage. An observer may import no other library module
+# (test below): otherwise an edit there could change outputs behind DVC's back.
+OBSERVERS = {"tripletml/tracking.py"}
+
+
+def library_imports(path: Path) -> set[str]:
+    """The tripletml modules ``path`` imports, relative imports included (as "relative")."""
+    tree = ast.parse(path.read_text())
+    relative = any(isinstance(n, ast.ImportFrom) and n.level > 0 for n in ast.walk(tree))
+    return {m for m in imported_modules(path) if m.split(".")[0] == "tripletml"} | ({"relative"} if relative else set())
+
+
 def closure(script: Path) -> set[str]:
+    """The files a stage runs (its script, ``common``, library modules), observers left out."""
     seen, todo = set(), [script]
     while todo:
         path = todo.pop()
         rel = path.relative_to(REPO).as_posix()
-        if rel in seen:
+        if rel in seen or rel in OBSERVERS:
             continue
         seen.add(rel)
         todo.extend(f for f in map(module_file, imported_modules(path)) if f is not None)
@@ -65,7 +80,25 @@ def test_the_closure_follows_lazy_and_package_imports():
     assert "tripletml/__init__.py" not in needed
 
 
-ROOT = re.compile(r"\b(\w+) = (?:common\.)?params\([^)]*\)(?:\.(\w+))?")  # p = common.params() [.data]
+@pytest.mark.parametrize("observer", sorted(OBSERVERS))
+def test_an_observer_imports_no_library_module_and_is_in_no_deps(observer):
+    assert not library_imports(REPO / observer), f"{observer} imports library code: it cannot be left out of deps"
+    listed = [s.id for s in stages() if observer in s.values[1]]
+    assert not listed, f"{observer} is in the deps of {listed}: editing it would re-run them for nothing"
+    module = observer[:-3].replace("/", ".")  # tripletml.tracking
+    assert any(module in imported_modules(REPO / s.values[0]) for s in stages()), f"no stage uses {observer}"
+
+
+def test_library_imports_sees_every_form(tmp_path):
+    for line in ("import tripletml.data", "from tripletml import errors", "from tripletml.errors import DataError",
+                 "def f():\n    from tripletml.embedder import load_embedder", "from . import data"):
+        (tmp_path / "m.py").write_text(line + "\n")
+        assert library_imports(tmp_path / "m.py"), line
+    (tmp_path / "m.py").write_text("import os\nimport mlflow\nfrom pathlib import Path\n")
+    assert not library_imports(tmp_path / "m.py")
+
+
+ROOT = re.compile(r"\b(\w+) = (?:common\.)?params\([^)]*\)(?:\.(\w+))?[ \t]*(?:#.*)?$", re.M)  # p = common.params() [.data]
 INLINE = re.compile(r"\bparams\([^)]*\)\.(\w+)(?:\.(\w+))?")  # common.params().data.raw_dir
 ALIAS = re.compile(r"\b(\w+) = (\w+)\.(\w+)\s*$", re.M)  # e = p.evaluate
 METHODS = {"model_dump"}  # a whole section read at once
@@ -84,7 +117,7 @@ def params_read(script: Path) -> set[str]:
     for var, base, attr in ALIAS.findall(text):
         if prefix.get(base) == "":
             prefix[var] = attr
-    read = {_key(a, b) for a, b in INLINE.findall(text)}
+    read = {_key(a, b) for a, b in INLINE.findall(ROOT.sub("", text))}  # `d = params().data` alone reads nothing
     for var, section in prefix.items():
         for a, b, call in re.findall(rf"\b{var}\.(\w+)(?:\.(\w+))?(\()?", text):
             if not section and a == "strategy" and call:  # Params.strategy(name): train.* merged with strategies.<name>
@@ -117,5 +150,5 @@ def test_params_read_sees_keys_sections_and_strategy_lists(tmp_path):
     )
     assert params_read(script) == {
         "evaluate", "evaluate.n_way", "data.image_size", "model", "extra_strategies", "train", "strategies",
-        "data", "data.raw_dir", "data.seed",
+        "data.raw_dir", "data.seed",
     }

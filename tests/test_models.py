@@ -240,3 +240,18 @@ def test_convnet_uses_the_fused_batchnorm_and_reloads(tmp_path):
     again = keras.models.load_model(tmp_path / "m.keras")
     assert isinstance(again.get_layer("bn1"), FusedBatchNormalization)
     np.testing.assert_allclose(again.predict(_images(3, 28, seed=1), verbose=0), model.predict(_images(3, 28, seed=1), verbose=0), atol=1e-6)
+
+
+def test_schroff_sees_the_same_functions_with_paper_or_ink_high():
+    """The assignment fed paper = 1, the project feeds ink = 1. The schroff network's first
+    layer is a 1x1 unpadded convolution with a bias, so x -> 1 - x is absorbed exactly by
+    w -> -w, b -> b + w: every network on one convention is a network on the other."""
+    ink = build_embedding("schroff", 38)
+    paper = build_embedding("schroff", 38)
+    paper.set_weights(ink.get_weights())
+    conv = next(layer for layer in paper.layers if not isinstance(layer, keras.layers.InputLayer))
+    assert isinstance(conv, keras.layers.Conv2D) and conv.kernel_size == (1, 1) and conv.padding == "valid"
+    w, b = conv.get_weights()
+    conv.set_weights([-w, b + w.sum(axis=(0, 1, 2))])
+    x = (_images(4, 38) > 0.7).astype(np.float32)  # binary strokes, as at 105 px
+    np.testing.assert_allclose(paper.predict(1.0 - x, verbose=0), ink.predict(x, verbose=0), atol=2e-5)

@@ -1,16 +1,16 @@
-"""Tests for tripletml.oneshot: task invariants, scoring, and the statistics helpers."""
+"""Tests for tripletml.oneshot (task invariants, scoring, statistics) and the course API on it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tripletml import oneshot
+from tripletml import course
+from tripletml.course import evaluate_tasks_reference, make_oneshot_task
 from tripletml.oneshot import (
+    OneShotTasks,
     evaluate_tasks,
-    evaluate_tasks_reference,
     embed_set,
-    make_oneshot_task,
     mcnemar_exact,
     sample_tasks,
     wilson_interval,
@@ -54,7 +54,7 @@ def alphabet_of(chars: np.ndarray) -> np.ndarray:
     return np.searchsorted(stops, chars, side="right")
 
 
-def check_invariants(t: oneshot.OneShotTasks, N: int, k: int) -> None:
+def check_invariants(t: OneShotTasks, N: int, k: int) -> None:
     assert t.support_chars.shape == t.support_drawings.shape == (k, N)
     assert t.query_char.shape == t.query_drawing.shape == t.target.shape == (k,)
     srt = np.sort(t.support_chars, axis=1)
@@ -159,13 +159,13 @@ def test_one_point_per_character_scores_100(X):
     t = sample_tasks(C, N_CHARS, 20, 1000, 0)
     assert evaluate_tasks(onehot, t).all()
     for kw in [{}, {"within_alphabet": True}, {"language": "Mid"}]:
-        assert oneshot.test_oneshot(perfect_embed, X, 20, 500, C, seed=1, **kw) == 100.0
+        assert course.test_oneshot(perfect_embed, X, 20, 500, C, seed=1, **kw) == 100.0
 
 
 @pytest.mark.parametrize("kw", [{}, {"within_alphabet": True}])
 def test_random_embedding_scores_near_chance(X, kw):
     k, N = 4000, 20
-    pct = oneshot.test_oneshot(random_embed, X, N, k, C, seed=3, **kw)
+    pct = course.test_oneshot(random_embed, X, N, k, C, seed=3, **kw)
     sd = np.sqrt(k * (1 / N) * (1 - 1 / N))
     assert abs(pct / 100 * k - k / N) < 5 * sd, pct
 
@@ -206,8 +206,8 @@ def test_embed_set_embeds_each_image_once_in_batches(X):
 
 
 def test_test_oneshot_details_are_reproducible(X):
-    a = oneshot.test_oneshot(random_embed, X, 10, 500, C, seed=4, return_details=True)
-    b = oneshot.test_oneshot(random_embed, X, 10, 500, C, rng=np.random.default_rng(4), return_details=True)
+    a = course.test_oneshot(random_embed, X, 10, 500, C, seed=4, return_details=True)
+    b = course.test_oneshot(random_embed, X, 10, 500, C, rng=np.random.default_rng(4), return_details=True)
     assert a.percent == b.percent == float(a) == 100 * a.correct.mean()
     assert np.array_equal(a.correct, b.correct)
     assert np.array_equal(a.tasks.support_chars, b.tasks.support_chars)

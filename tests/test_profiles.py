@@ -31,13 +31,13 @@ def test_the_assignment_profile_is_the_assignments_protocol():
     assert p.trained() == ["random", "hard"]
     settings = {name: p.strategy(name) for name in p.trained()}
     for name, s in settings.items():
-        assert (s["sampler"], s["miner"], s["batch_size"]) == ("triplets", name, 64)  # hard: exact, every step
-        assert (s["loops"], s["steps_per_loop"]) == (10, 100)
-        assert (s["margin"], s["soft_margin"], s["distance"]) == (0.2, False, "sqeuclidean")
-        assert (s["optimizer"], s["learning_rate"], s["lr_schedule"]) == ("adam", 0.001, "constant")  # Keras defaults
-        assert s["augment"] == {"rotations": False, "affine": 0.0, "flips": False}
-        assert (s["test_tasks"], s["n_way"]) == (250, 20)  # 250 fresh 20-way tasks per loop, best loop reported
-    a, b = settings.values()
+        assert (s.sampler, s.miner, s.batch_size) == ("triplets", name, 64)  # hard: exact, every step
+        assert (s.loops, s.steps_per_loop) == (10, 100)
+        assert (s.margin, s.soft_margin, s.distance) == (0.2, False, "sqeuclidean")
+        assert (s.optimizer, s.learning_rate, s.lr_schedule) == ("adam", 0.001, "constant")  # Keras defaults
+        assert s.augment.model_dump() == {"rotations": False, "affine": 0.0, "flips": False}
+        assert (s.test_tasks, s.n_way) == (250, 20)  # 250 fresh 20-way tasks per loop, best loop reported
+    a, b = (s.model_dump() for s in settings.values())
     assert {k for k in a if a[k] != b[k]} == {"miner", "strategy"}  # the pair differs only in the miner
     assert (p.evaluate.tta_shift, p.evaluate.assignment_tasks, p.evaluate.n_way) == (0, 250, 20)
 

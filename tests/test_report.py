@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tripletml import report
+from tripletml import figures, markdown, report
 from tripletml.data import PNG_MAGIC, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 S = 12
 N_WAY = 20
 
-# strategy: (sampler, miner), as the train stage writes them into metrics/train/<strategy>.json
+# strategy: (sampler, miner), as each strategy's params say
 DESIGN = {
     "random": ("triplets", "random"),
     "hard": ("triplets", "hard"),
@@ -52,7 +52,6 @@ def _evaluate() -> dict:
             "within_acc20": 50.0 + i,
             "within_acc20_ci95_low": 47.9 + i,
             "within_acc20_ci95_high": 52.1 + i,
-            "tasks": 2000,
         }
         if s in LAKE:
             out[s]["lake20_acc"] = LAKE[s]
@@ -62,10 +61,6 @@ def _evaluate() -> dict:
 def _train() -> dict:
     return {
         s: {
-            "strategy": s,
-            "sampler": DESIGN[s][0],
-            "miner": DESIGN[s][1],
-            "margin": 0.5,
             "assignment_best_acc20": 61.3 + 3 * i,
             "assignment_best_loop": 9,
             "best_loop": 10 - i,
@@ -232,7 +227,7 @@ def _column(row: dict[str, str], marker: str) -> str:
 
 
 def test_comparison_table_columns_and_design():
-    table = report.comparison_table(_evaluate(), _train())
+    table = report.comparison_table(_evaluate(), _train(), DESIGN)
     assert list(table.columns) == list(report.TABLE_COLUMNS)
     assert list(table.columns[:3]) == ["strategy", "sampler", "miner"]
     assert {"lake20_acc", "assignment_best_acc20"} <= set(table.columns)
@@ -249,13 +244,13 @@ def test_comparison_table_columns_and_design():
 
 
 def test_factor_pairs_are_the_sampler_by_miner_design():
-    table = report.comparison_table(_evaluate(), _train())
+    table = report.comparison_table(_evaluate(), _train(), DESIGN)
     assert report.factor_pairs(table) == PAIRS  # batch_all and the ensemble are in no pair
     # Without the classes cells only the miner within triplets is left.
     partial = {s: v for s, v in _evaluate().items() if s in ("random", "hard", "batch_all")}
-    assert report.factor_pairs(report.comparison_table(partial, _train())) == [PAIRS[0]]
-    # Without train metrics nothing is known about the design: no pairs.
-    assert report.factor_pairs(report.comparison_table(_evaluate(), {})) == []
+    assert report.factor_pairs(report.comparison_table(partial, _train(), DESIGN)) == [PAIRS[0]]
+    # Without the design nothing is known about the pairs.
+    assert report.factor_pairs(report.comparison_table(_evaluate(), _train(), {})) == []
 
 
 def test_paired_tests_counts_p_values_and_verdicts():
@@ -281,8 +276,8 @@ def test_both_tables_print_the_same_digits_for_the_same_accuracy():
     pred = {"target": target, "pred_random": np.ones(2000, np.int64), "pred_hard": np.r_[np.zeros(1543), np.ones(457)].astype(np.int64)}
     tests = report.paired_tests(pred, [PAIRS[0]])
     evaluate = {"random": {"test_acc20": 0.0}, "hard": {"test_acc20": round(100.0 * 1543 / 2000, 3)}}
-    table = report.comparison_table(evaluate, {})
-    md = report.comparison_markdown(table, tests)
+    table = report.comparison_table(evaluate, {}, DESIGN)
+    md = markdown.comparison_markdown(table, tests)
     assert tests.iloc[0].acc == evaluate["hard"]["test_acc20"]
     assert md.count("77.2") == 2 and "77.1" not in md
 
@@ -375,10 +370,10 @@ def test_the_repository_seed_runs_file_loads():
 
 
 def test_markdown_shows_both_figures_the_finding_and_the_tests():
-    table = report.comparison_table(_evaluate(), _train())
+    table = report.comparison_table(_evaluate(), _train(), DESIGN)
     tests = _tests()
     summary = report.finding(tests, _seed_runs())
-    md = report.comparison_markdown(table, tests, {"machine": "2-core CPU", "image_size": 28}, summary=summary)
+    md = markdown.comparison_markdown(table, tests, {"machine": "2-core CPU", "image_size": 28}, summary=summary)
     assert md.startswith("# ")
     assert "**machine**: 2-core CPU" in md and "**image size**: 28" in md
     rows = {r["strategy"]: r for r in _md_table(md, "## Accuracy")}
@@ -400,8 +395,8 @@ def test_markdown_shows_both_figures_the_finding_and_the_tests():
 
 
 def test_markdown_lake_section_ranks_this_run_among_the_published_marks():
-    table = report.comparison_table(_evaluate(), _train())
-    md = report.comparison_markdown(table, _tests())
+    table = report.comparison_table(_evaluate(), _train(), DESIGN)
+    md = markdown.comparison_markdown(table, _tests())
     marks = [(r["model"], r["accuracy %"]) for r in _md_table(md, "## Lake et al.'s 20 official one-shot runs")]
     assert marks == [
         ("this run: ensemble", "97.0"),
@@ -414,32 +409,32 @@ def test_markdown_lake_section_ranks_this_run_among_the_published_marks():
         ("this run: hard_classes", "80.0"),
     ]
     # No Lake figures in the run: no section.
-    no_lake = report.comparison_table({s: {k: v for k, v in e.items() if k != "lake20_acc"} for s, e in _evaluate().items()}, _train())
-    assert "Lake et al.'s 20 official" not in report.comparison_markdown(no_lake, _tests())
+    no_lake = report.comparison_table({s: {k: v for k, v in e.items() if k != "lake20_acc"} for s, e in _evaluate().items()}, _train(), DESIGN)
+    assert "Lake et al.'s 20 official" not in markdown.comparison_markdown(no_lake, _tests())
 
 
 def test_markdown_without_paired_tests_says_so():
-    table = report.comparison_table(_evaluate(), {})
+    table = report.comparison_table(_evaluate(), {}, {})  # no design: no pairs
     tests = report.paired_tests(_predictions(), report.factor_pairs(table))
     assert len(tests) == 0
-    assert "No pair of strategies that differ in one factor only." in report.comparison_markdown(table, tests)
+    assert "No pair of strategies that differ in one factor only." in markdown.comparison_markdown(table, tests)
 
 
 def test_markdown_without_tabulate(monkeypatch):
     monkeypatch.setitem(sys.modules, "tabulate", None)  # makes `import tabulate` fail
-    table = report.comparison_table(_evaluate(), _train())
-    md = report.comparison_markdown(table, _tests(), {})
+    table = report.comparison_table(_evaluate(), _train(), DESIGN)
+    md = markdown.comparison_markdown(table, _tests(), {})
     assert "| hard | triplets | hard | 72.0 [70.2, 73.7] | 64.3 | 51.0 [48.9, 53.1] | 93.1 | 9 |" in md
     assert "|:---|:---|:---|---:|" in md
 
 
 def test_write_report_atomic_and_roundtrip(tmp_path):
-    table = report.comparison_table(_evaluate(), _train())
+    table = report.comparison_table(_evaluate(), _train(), DESIGN)
     tests = _tests()
     fig = tmp_path / "fig" / "acc.png"
     fig.parent.mkdir()
     fig.write_bytes(PNG_MAGIC)
-    paths = report.write_report(tmp_path / "out", table, tests, {"wall_time": "1 h"}, {"accuracy": fig}, "The finding.")
+    paths = markdown.write_report(tmp_path / "out", table, tests, {"wall_time": "1 h"}, {"accuracy": fig}, "The finding.")
     assert set(paths) == {"csv", "md"}
     back = pd.read_csv(paths["csv"], keep_default_na=False)
     assert list(back.columns) == list(report.TABLE_COLUMNS) and list(back["strategy"]) == ROWS
@@ -457,7 +452,7 @@ def test_loaders(tmp_path):
     for i, s in enumerate(STRATEGIES):
         (tmp_path / "train" / f"{s}.json").write_text(json.dumps(_train()[s]))
         _history(i).to_csv(tmp_path / "history" / f"{s}.csv", index=False)
-    assert report.load_train_metrics(tmp_path / "train", STRATEGIES)["hard_classes"]["miner"] == "hard"
+    assert report.load_train_metrics(tmp_path / "train", STRATEGIES)["hard_classes"]["best_loop"] == 7
     hist = report.load_histories(tmp_path / "history", STRATEGIES)
     assert list(hist["hard"].columns) == ["loop", "loss", "val_acc20", "test_acc20_250", "loop_seconds", "steps"]
     assert hist["hard"]["val_acc20"].iloc[0] == 26.0
@@ -485,51 +480,51 @@ def test_class_image_handles_rotated_classes():
     n = X.shape[0]
     for c in (0, 3, 6, 7, 10, 15, 20, 27):
         for d in (0, 19):
-            assert np.array_equal(report.class_image(X, c, d), np.rot90(X[c % n, d], c // n))
-    assert not np.array_equal(report.class_image(X, 10, 4), X[3, 4])  # actually rotated
-    assert report.class_image(X[..., None], 9, 2).shape == (S, S)  # trailing channel dropped
+            assert np.array_equal(figures.class_image(X, c, d), np.rot90(X[c % n, d], c // n))
+    assert not np.array_equal(figures.class_image(X, 10, 4), X[3, 4])  # actually rotated
+    assert figures.class_image(X[..., None], 9, 2).shape == (S, S)  # trailing channel dropped
     with pytest.raises(IndexError):
-        report.class_image(X, 1, 20)
+        figures.class_image(X, 1, 20)
 
 
 def test_plot_accuracy_size_and_content(tmp_path):
     hist = {"random": _history(0), "hard": _history(10)}
     margins = {"random": 0.5, "hard": 0.5}
-    out = report.plot_accuracy(hist, tmp_path / "with.png", margins=margins)
+    out = figures.plot_accuracy(hist, tmp_path / "with.png", margins=margins)
     assert out == tmp_path / "with.png"
     drawn = _pixels(out)
-    assert _size(drawn) == (round(12.0 * report.DPI), round(4.6 * report.DPI))  # two panels side by side
+    assert _size(drawn) == (round(12.0 * figures.DPI), round(4.6 * figures.DPI))  # two panels side by side
     # Without margins the loss panel stays empty but the accuracy panel is still drawn.
-    bare = _pixels(report.plot_accuracy(hist, tmp_path / "without.png"))
+    bare = _pixels(figures.plot_accuracy(hist, tmp_path / "without.png"))
     assert _size(bare) == _size(drawn)
     blue = _colour_pixels(bare, "#1f77b4")  # C0: random's colour
     assert blue > 200 and _colour_pixels(drawn, "#1f77b4") > blue + 200
     # Different histories draw different pictures.
-    other = _pixels(report.plot_accuracy({"random": _history(0), "hard": _history(30)}, tmp_path / "other.png", margins=margins))
+    other = _pixels(figures.plot_accuracy({"random": _history(0), "hard": _history(30)}, tmp_path / "other.png", margins=margins))
     assert (other != drawn).any(axis=-1).sum() > 100
     # The dashed per-loop test curve is drawn from test_acc20_250.
     no_test = {s: h.assign(test_acc20_250=np.nan) for s, h in hist.items()}
-    undashed = _pixels(report.plot_accuracy(no_test, tmp_path / "no_test.png", margins=margins))
+    undashed = _pixels(figures.plot_accuracy(no_test, tmp_path / "no_test.png", margins=margins))
     assert _colour_pixels(undashed, "#1f77b4") < _colour_pixels(drawn, "#1f77b4") - 100
 
 
 def test_plot_tasks(tmp_path):
     X = _glyphs(30)
     pred = _predictions()
-    three = _pixels(report.plot_tasks(X, pred, STRATEGIES[:4], tmp_path / "tasks3.png", n_tasks=3))
-    one = _pixels(report.plot_tasks(X, pred, STRATEGIES[:4], tmp_path / "tasks1.png", n_tasks=1))
+    three = _pixels(figures.plot_tasks(X, pred, STRATEGIES[:4], tmp_path / "tasks3.png", n_tasks=3))
+    one = _pixels(figures.plot_tasks(X, pred, STRATEGIES[:4], tmp_path / "tasks1.png", n_tasks=1))
     (w3, h3), (w1, h1) = _size(three), _size(one)
     assert w3 > h1 and w3 == w1 and h3 > 2 * h1  # 21 images side by side; one row per task
-    a = _pixels(report.plot_tasks(X, pred, STRATEGIES[:4], tmp_path / "a.png", tasks=[0]))
-    b = _pixels(report.plot_tasks(X, pred, STRATEGIES[:4], tmp_path / "b.png", tasks=[1]))
+    a = _pixels(figures.plot_tasks(X, pred, STRATEGIES[:4], tmp_path / "a.png", tasks=[0]))
+    b = _pixels(figures.plot_tasks(X, pred, STRATEGIES[:4], tmp_path / "b.png", tasks=[1]))
     assert a.shape == b.shape and (a != b).any(axis=-1).sum() > 100
-    assert _colour_pixels(a, report.TRUE_COLOUR, tol=30) > 20  # the true match is framed green
+    assert _colour_pixels(a, figures.TRUE_COLOUR, tol=30) > 20  # the true match is framed green
 
 
 def test_plot_tasks_shows_disagreements_first():
     pred = _predictions()
     names = STRATEGIES[:4]
-    picked = report._pick_tasks(pred, names, 4)
+    picked = figures._pick_tasks(pred, names, 4)
     correct = np.stack([pred[f"pred_{s}"] == pred["target"] for s in names])
     assert all(correct[:, t].any() and not correct[:, t].all() for t in picked)
     assert picked == [0, 1, 2, 3]  # the first block splits the strategies
@@ -541,11 +536,11 @@ def test_plot_hard_triplets(tmp_path):
         "first": {"loop": 1, "classes": [[0, 0, 15], [12, 12, 2], [4, 4, 14]], "drawings": [[0, 1, 2]] * 3},
         "last": {"loop": 10, "classes": [[25, 25, 5]] * 10, "drawings": [[3, 4, 5]] * 10},
     }
-    eight = _pixels(report.plot_hard_triplets(X, mined, tmp_path / "hard.png", n=8))
+    eight = _pixels(figures.plot_hard_triplets(X, mined, tmp_path / "hard.png", n=8))
     # A panel with nothing recorded still gives a figure, with as many rows as the other panel.
-    three = _pixels(report.plot_hard_triplets(X, {"first": mined["first"]}, tmp_path / "hard1.png"))
+    three = _pixels(figures.plot_hard_triplets(X, {"first": mined["first"]}, tmp_path / "hard1.png"))
     assert _size(eight)[0] == _size(three)[0] and _size(eight)[1] > _size(three)[1]
-    titled = _pixels(report.plot_hard_triplets(X, mined, tmp_path / "titled.png", n=8, title="classes sampler, hard miner"))
+    titled = _pixels(figures.plot_hard_triplets(X, mined, tmp_path / "titled.png", n=8, title="classes sampler, hard miner"))
     assert titled.shape == eight.shape and (titled != eight).any()
 
 

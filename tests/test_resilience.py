@@ -131,44 +131,48 @@ def test_unwritable_output_folder_fails_before_any_work(repo: Path, cmd: list[st
     assert not (repo / "checkpoints" / "hard" / "state.json").exists(), "no training happened"
 
 
-def test_tracking_server_lost_mid_stage_then_replayed(tmp_path: Path) -> None:
+def test_tracking_server_lost_mid_stage_then_sync_logs_every_loop_once(tmp_path: Path) -> None:
     from test_tracking import Server, free_port
 
     import mlflow
 
-    # Long loops (a few seconds each) so the server is surely down before the stage ends.
+    # Long loops (seconds each) so the server is surely down before the stage ends.
     work = make_repo(tmp_path / "repo", train={"loops": 3, "steps_per_loop": 1500})
-    run_ok(["dvc", "repro", "prepare"], work)
+    run_ok([sys.executable, "stages/prepare.py"], work)
     server = Server(tmp_path, free_port())
     server.start()
+    env = stage_env(work, MLFLOW_TRACKING_URI=server.uri)
+    keys = ("loss", "val_acc20", "test_acc20_250", "loop_seconds")
     try:
-        state_file = work / "checkpoints" / "random" / "state.json"
-        proc = subprocess.Popen(
-            [sys.executable, "stages/train.py", "--strategy", "random"], cwd=work,
-            env=stage_env(work, MLFLOW_TRACKING_URI=server.uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        proc = subprocess.Popen([sys.executable, "stages/train.py", "--strategy", "random"], cwd=work, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        client = mlflow.MlflowClient(server.uri)
         deadline = time.monotonic() + 300
-        while not state_file.is_file():  # loop 1 is logged
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:] if proc.poll() else ""
-            time.sleep(0.05)
+        while True:  # until loop 1 is in MLflow
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:] if proc.poll() else ""
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "attributes.run_name = 'train_random'")
+            if runs and client.get_metric_history(runs[0].info.run_id, "loss"):
+                break
+            time.sleep(0.2)
         server.stop()
-        assert json.loads(state_file.read_text())["next_loop"] < 3, "the server went down mid-run"
         stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stderr[-3000:]  # training went on
-        assert json.loads((work / "metrics" / "train" / "random.json").read_text())["loops"] == 3
-        pending = work / ".mlflow_pending" / "train_random.jsonl"
-        assert pending.is_file() and pending.stat().st_size > 0
+        assert "warning: MLflow store" in stderr and "python -m tripletml.tracking sync train_random" in stderr
+        history = (work / "metrics" / "history" / "random.csv").read_text().splitlines()
+        assert len(history) == 1 + 3, "every loop is in the DVC outputs"
 
         server.start()  # same port, same store
-        res = subprocess.run([sys.executable, "-m", "tripletml.tracking", "replay", str(pending)], cwd=work,
-                             env=stage_env(work, MLFLOW_TRACKING_URI=server.uri), capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stderr[-3000:]
-        assert not pending.exists()
-        client = mlflow.MlflowClient(server.uri)
-        runs = client.search_runs([client.get_experiment_by_name("tripletml").experiment_id])
-        assert [r.info.run_name for r in runs] == ["train_random"]
-        for key in ("loss", "val_acc20", "test_acc20_250"):
-            assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, key)) == [1, 2, 3], key
-        assert client.get_run(runs[0].info.run_id).info.status == "FINISHED"
+        run_id = runs[0].info.run_id
+        assert len(client.get_metric_history(run_id, "loss")) < 3, "the server went down mid-run"
+        for _ in range(2):  # sync is idempotent
+            res = subprocess.run([sys.executable, "-m", "tripletml.tracking", "sync", "train_random"], cwd=work, env=env,
+                                 capture_output=True, text=True, timeout=300)  # fmt: skip
+            assert res.returncode == 0, res.stderr[-3000:]
+        assert f"train_random: MLflow run {run_id}: 0 metric values, 0 files, 0 datasets logged" in res.stdout
+        runs = client.search_runs([runs[0].info.experiment_id], "attributes.run_name = 'train_random'")
+        assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
+        for key in keys:
+            assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3], key  # each once
+        assert runs[0].outputs.model_outputs, "the model, logged by sync"
     finally:
         server.stop()

@@ -1,59 +1,64 @@
-"""tripletml.tracking: local sqlite store, a real `mlflow server` that dies mid-run, replay."""
+"""tripletml.tracking: live logging that never stops a stage, `sync` from the DVC outputs, the served model."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tripletml import tracking
-from tripletml.errors import TrackingError
 
 pytest.importorskip("mlflow")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")  # mlflow's own SQLAlchemy use
 
 PARAMS = {"train": {"learning_rate": 0.001, "augment": {"rotations": False, "affine": 0.0}}, "model": {"arch": "convnet"}}
+LOOP_KEYS = ("loss", "val_acc20", "test_acc20_250", "loop_seconds")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    # One database for the module: creating MLflow's tables costs seconds.
+    return "sqlite:///" + (tmp_path_factory.mktemp("store") / "mlflow.db").as_posix()
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    """Each test sees no MLFLOW_TRACKING_URI and gets back the environment it started with
-    (RunLogger.start sets the MLFLOW_HTTP_* defaults process-wide)."""
+def _env(monkeypatch, store):
+    """The module's store by default, no DVC experiment around, the environment restored after
+    (connect() sets the MLFLOW_HTTP_* defaults process-wide)."""
     saved = dict(os.environ)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    for key in ("DVC_ROOT", "DVC_STAGE", "DVC_EXP_NAME", "TRIPLETML_PARAMS"):
+        monkeypatch.delenv(key, raising=False)
     yield
     os.environ.clear()
     os.environ.update(saved)
 
 
-@pytest.fixture(scope="module")
-def sqlite_uri(tmp_path_factory):
-    # One database for the module: creating MLflow's tables costs seconds.
-    return "sqlite:///" + (tmp_path_factory.mktemp("store") / "mlflow.db").as_posix()
-
-
 def client(uri):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def steps(uri, run_id, key):
     return [int(m.step) for m in client(uri).get_metric_history(run_id, key)]
 
 
-def tracking_warnings(record):
-    return [w for w in record if issubclass(w.category, tracking.TrackingWarning)]
+def ours(stderr: str) -> list[str]:
+    """Our own lines on stderr (MLflow logs there too)."""
+    return [line for line in stderr.splitlines() if line.startswith(("warning:", "error:"))]
 
 
 def free_port() -> int:
@@ -62,232 +67,260 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# ----------------------------------------------------------------------------- pure helpers
+def loop_row(loop: int) -> dict:
+    return {"loop": loop, "loss": 1.0 / loop, "val_acc20": 10.0 * loop, "test_acc20_250": 9.0 * loop,
+            "loop_seconds": 0.5, "steps": 3}  # fmt: skip
 
 
-def test_default_uri_env_override(monkeypatch, tmp_path):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert tracking.default_tracking_uri(tmp_path) == "http://127.0.0.1:5999"
+def workspace(root: Path, name: str, strategy: str = "hard", loops: int = 3) -> Path:
+    """The DVC outputs of train_<strategy>, evaluate and report, small and fake (the model file
+    is not loaded when logged). ``name`` makes its params, hence its pipeline tag, its own."""
+    root.mkdir(parents=True)
+    (root / "params.yaml").write_text(f"# {name}\ndata: {{prepared_dir: data/prepared}}\nevaluate: {{tasks: 40, n_way: 5}}\n")
+    (root / "data" / "prepared").mkdir(parents=True)
+    for i, split in enumerate(("train", "val", "test")):
+        np.savez(root / "data" / "prepared" / f"{split}.npz", X=np.full((2, 20, 3, 3), i, np.float32))
+    (root / "models" / strategy).mkdir(parents=True)
+    (root / "models" / strategy / "embedding.keras").write_bytes(b"weights")
+    (root / "models" / strategy / "meta.json").write_text(json.dumps({"embedding_dim": 16, "params": PARAMS}))
+    (root / "metrics" / "history").mkdir(parents=True)
+    rows = [loop_row(i) for i in range(1, loops + 1)]
+    rows[0]["val_acc20"] = ""  # a value the stage did not have: no metric
+    lines = [",".join(rows[0])] + [",".join(str(v) for v in r.values()) for r in rows]
+    (root / "metrics" / "history" / f"{strategy}.csv").write_text("\n".join(lines) + "\n")
+    (root / "metrics" / "train").mkdir()
+    summary = {"strategy": strategy, "final_loss": 0.25, "best_loop": 2, "best_val_acc20": None, "loops": loops}
+    (root / "metrics" / "train" / f"{strategy}.json").write_text(json.dumps(summary))
+    (root / "metrics" / "evaluate.json").write_text(json.dumps({strategy: {"test_acc20": 80.0, "tasks": 40}}))
+    (root / "reports").mkdir()
+    (root / "reports" / "comparison.csv").write_text(f"strategy,test_acc20\n{strategy},80.0\n")
+    (root / "reports" / "comparison.md").write_text("| strategy |\n")
+    (root / "reports" / "accuracy.png").write_bytes(b"\x89PNG")
+    return root
 
 
-def test_default_uri_is_repo_root_also_from_a_dvc_temp_copy(tmp_path):
+@pytest.fixture
+def ws(tmp_path, monkeypatch, request) -> Path:
+    root = workspace(tmp_path / "ws", request.node.name)
+    monkeypatch.chdir(root)
+    return root
+
+
+def only_run(uri: str, name: str):
+    c = client(uri)
+    runs = c.search_runs([c.get_experiment_by_name(tracking.EXPERIMENT).experiment_id],
+                         f"attributes.run_name = '{name}' and tags.pipeline = '{tracking.pipeline_tag()}'")  # fmt: skip
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+# ----------------------------------------------------------------------------- where, who, which run
+
+
+def test_default_uri_is_the_users_repo_also_from_a_dvc_temp_copy(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     repo = tmp_path / "repo"
     (repo / ".dvc").mkdir(parents=True)
     (repo / "stages" / "deep").mkdir(parents=True)
     expected = f"sqlite:///{repo.resolve().as_posix()}/mlflow.db"
-    assert tracking.default_tracking_uri(repo) == expected
-    assert tracking.default_tracking_uri(repo / "stages" / "deep") == expected
-    # `dvc exp run --temp/--queue`: a full copy (with its own .dvc and .git) under .dvc/tmp/exps
-    copy = repo / ".dvc" / "tmp" / "exps" / "xyz"
-    (copy / ".dvc").mkdir(parents=True)
-    (copy / ".git").mkdir()
-    (copy / "stages").mkdir()
-    assert tracking.default_tracking_uri(copy) == expected
-    assert tracking.default_tracking_uri(copy / "stages") == expected
     assert expected.startswith("sqlite:////")  # absolute: four slashes
+    assert tracking.default_tracking_uri(repo) == tracking.default_tracking_uri(repo / "stages" / "deep") == expected
+    # `dvc exp run --temp/--queue` runs a stage in a full copy under .dvc/tmp/exps and sets DVC_ROOT to the user's repo
+    copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmpxyz"
+    (copy / ".dvc").mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    assert tracking.default_tracking_uri() == f"sqlite:///{copy.resolve().as_posix()}/mlflow.db"
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    assert tracking.default_tracking_uri() == expected
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.default_tracking_uri() == "http://127.0.0.1:5999"
 
 
-def test_pipeline_tag_and_git_commit(tmp_path, monkeypatch):
-    a = tracking.pipeline_tag("train:\n  loops: 10\n", "abc")
-    assert a == tracking.pipeline_tag("train:\r\n  loops: 10\r\n", "abc")
-    assert re.fullmatch(r"[0-9a-f]{12}", a)
-    assert a != tracking.pipeline_tag("train:\n  loops: 11\n", "abc")
-    assert a != tracking.pipeline_tag("train:\n  loops: 10\n", "abd")
-    assert tracking.pipeline_tag("x", None) != tracking.pipeline_tag("x", "abc")  # no commit is a value of its own
+def test_pipeline_tag_follows_params_and_code_but_not_the_observers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "tripletml").mkdir()
+    for f in ("stages/train.py", "tripletml/training.py", "tripletml/tracking.py", "tripletml/serving.py"):
+        (tmp_path / f).write_text("x = 1\n")
+    (tmp_path / "params.yaml").write_text("train:\n  loops: 10\n")
+    tag = tracking.pipeline_tag()
+    assert re.fullmatch(r"[0-9a-f]{12}", tag)
+    (tmp_path / "params.yaml").write_bytes(b"train:\r\n  loops: 10\r\n")
+    assert tracking.pipeline_tag() == tag  # a checkout's line endings
+    for observer in ("tripletml/tracking.py", "tripletml/serving.py"):
+        (tmp_path / observer).write_text("x = 2\n")
+        assert tracking.pipeline_tag() == tag, observer
+    (tmp_path / "tripletml" / "training.py").write_text("x = 2\n")
+    assert tracking.pipeline_tag() != tag
+    changed = tracking.pipeline_tag()
+    (tmp_path / "params.yaml").write_text("train:\n  loops: 11\n")
+    assert tracking.pipeline_tag() not in (tag, changed)
+    other = tmp_path / "other.yaml"
+    other.write_text("train:\n  loops: 10\n")
+    monkeypatch.setenv("TRIPLETML_PARAMS", str(other))
+    assert tracking.pipeline_tag() not in (tag, changed)  # the params file the stages read
 
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
-    assert tracking.git_commit(tmp_path) is None  # not a repository
-    assert tracking.git_commit(tmp_path / "missing") is None
-    repo = tmp_path / "g"
-    repo.mkdir()
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
-    subprocess.run(git + ["init", "-q"], cwd=repo, check=True)
-    assert tracking.git_commit(repo) is None  # no commit yet
-    subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", "x"], cwd=repo, check=True)
-    sha = tracking.git_commit(repo)
-    assert sha is not None and len(sha) == 40
 
-
-def test_import_is_light():
+def test_import_is_light_and_conventions_agree():
     code = "import sys, tripletml.tracking; print('mlflow' in sys.modules, 'tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["False", "False"]
+    from tripletml.data import RAW_SIZE
+
+    assert tracking.RAW_SIZE == RAW_SIZE
 
 
-def test_check_reachable_closed_port_fails_fast():
+def test_a_closed_port_is_unreachable_in_seconds(monkeypatch, capsys):
     uri = f"http://127.0.0.1:{free_port()}"
     t0 = time.monotonic()
-    with pytest.raises(TrackingError, match=uri.replace(".", r"\.")) as info:
-        tracking.check_reachable(uri, timeout=2.0)
-    assert time.monotonic() - t0 < 4
-    assert "\n" not in str(info.value)
+    with pytest.raises(Exception):
+        tracking.connect(uri)
+    assert time.monotonic() - t0 < 5
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking.main(["sync", "evaluate"]) == 1
+    err = ours(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith(f"error: MLflow store {uri} unreachable"), err
 
 
-def test_check_reachable_sqlite(tmp_path):
-    tracking.check_reachable(f"sqlite:///{tmp_path.as_posix()}/mlflow.db")
-    with pytest.raises(TrackingError, match="does not exist"):
-        tracking.check_reachable(f"sqlite:///{tmp_path.as_posix()}/nope/mlflow.db")
+# ----------------------------------------------------------------------------- live logging
 
 
-# ----------------------------------------------------------------------------- sqlite store
+def test_an_unreachable_store_costs_one_warning_and_nothing_else(ws, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    t0 = time.monotonic()
+    live = tracking.LiveRun("train_hard", PARAMS)
+    for loop in (1, 2, 3):
+        live.log_loop(loop_row(loop))
+    live.finish()
+    assert time.monotonic() - t0 < 10
+    err = ours(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith("warning: MLflow store http://127.0.0.1:"), err
+    assert err[0].endswith("python -m tripletml.tracking sync train_hard")
 
 
-def test_run_then_resume_is_one_history(sqlite_uri, tmp_path):
-    tags = {"pipeline": "p1", "strategy": "random"}
-    logger = tracking.RunLogger.start(sqlite_uri, "train_random", tags, PARAMS)
-    for step in (1, 2, 3):
-        assert logger.log_metrics({"loss": 1.0 / step, "val_acc20": 10.0 * step, "test_acc20": None}, step)
-    logger.log_dict({"best_loop": 3}, "summary/best.json")
-    assert logger.close()
+def test_store_lost_mid_run_then_sync_logs_each_loop_once(ws, store, monkeypatch, capsys):
+    live = tracking.LiveRun("train_hard", PARAMS)
+    live.log_loop(loop_row(1))
+    calls = []
 
-    c = client(sqlite_uri)
-    run = c.get_run(logger.run_id)
-    assert run.info.status == "FINISHED"
-    assert run.info.run_name == "train_random"
-    assert {k: run.data.tags[k] for k in tags} == tags
-    assert run.data.params["train.augment.rotations"] == "False"
-    assert run.data.params["train.learning_rate"] == "0.001"
-    assert run.data.params["model.arch"] == "convnet"
-    assert steps(sqlite_uri, logger.run_id, "loss") == [1, 2, 3]
-    assert steps(sqlite_uri, logger.run_id, "val_acc20") == [1, 2, 3]
-    assert "test_acc20" not in run.data.metrics
-    assert [a.path for a in c.list_artifacts(logger.run_id, "summary")] == ["summary/best.json"]
-    # artifacts live beside the database, not in ./mlruns of whatever folder ran the stage
-    db_folder = Path(sqlite_uri[len("sqlite:///") :]).parent
-    assert run.info.artifact_uri.startswith(db_folder.as_uri())
+    def lost(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("store down")
 
-    # a resumed stage continues the same run; a replayed step 3 is not logged twice
-    resumed = tracking.RunLogger.start(sqlite_uri, "train_random", tags, PARAMS, run_id=logger.run_id)
-    assert resumed.run_id == logger.run_id
-    assert c.get_run(logger.run_id).info.status == "RUNNING"
-    for step in (3, 4, 5):
-        resumed.log_metrics({"loss": 1.0 / step, "val_acc20": 10.0 * step}, step)
-    assert resumed.close()
-    for key in ("loss", "val_acc20"):
-        assert steps(sqlite_uri, logger.run_id, key) == [1, 2, 3, 4, 5]
-    assert c.get_run(logger.run_id).info.status == "FINISHED"
+    monkeypatch.setattr(live.client, "log_batch", lost)
+    for loop in (2, 3):
+        live.log_loop(loop_row(loop))
+    live.finish()
+    assert len(calls) == 1, "live logging stops trying after the first failure"
+    err = ours(capsys.readouterr().err)
+    assert len(err) == 1 and "store down" in err[0] and err[0].endswith("sync train_hard")
+    run = only_run(store, "train_hard")
+    assert run.info.status == "RUNNING"
+    assert steps(store, run.info.run_id, "loss") == [1]
+
+    assert tracking.main(["sync", "train_hard"]) == 0
+    assert tracking.main(["sync", "train_hard"]) == 0  # again: nothing new
+    out = capsys.readouterr().out
+    assert "model tripletml-hard version" in out and ": 0 metric values, 0 files, 0 datasets logged" in out
+    run = only_run(store, "train_hard")
+    assert run.info.run_id == live.run_id and run.info.status == "FINISHED"
+    for key in LOOP_KEYS:
+        assert steps(store, live.run_id, key) == [1, 2, 3], key
+    assert run.data.metrics["final_loss"] == 0.25 and "best_val_acc20" not in run.data.metrics  # null: no metric
+    assert run.data.params["train.augment.rotations"] == "False" and run.data.params["model.arch"] == "convnet"
+    assert run.data.tags["strategy"] == "hard" and run.data.tags["dvc_stage"] == "train_hard"
+    assert "mlflow.source.name" in run.data.tags
+
+
+def test_a_resumed_stage_continues_its_run_a_rerun_gets_its_own(ws, store):
+    killed = tracking.LiveRun("train_hard", PARAMS)
+    for loop in (1, 2):
+        killed.log_loop(loop_row(loop))
+    resumed = tracking.LiveRun("train_hard", PARAMS)  # the kill came after loop 2 was logged, before its checkpoint
+    assert resumed.run_id == killed.run_id
+    for loop in (2, 3):
+        resumed.log_loop(loop_row(loop))
+    resumed.finish()
+    for key in LOOP_KEYS:
+        assert steps(store, killed.run_id, key) == [1, 2, 3], key
+    rerun = tracking.LiveRun("train_hard", PARAMS)  # `dvc repro -f`: the finished run stays as it was
+    assert rerun.run_id != killed.run_id
+
+
+def test_dvc_names_the_stage_and_the_experiment(ws, store, monkeypatch):
+    monkeypatch.setenv("DVC_STAGE", "train_extra@hard")
+    monkeypatch.setenv("DVC_EXP_NAME", "wide-margin")
+    tracking.LiveRun("train_extra@hard", PARAMS).finish()
+    run = only_run(store, "train_hard")
+    assert run.data.tags["dvc_stage"] == "train_extra@hard" and run.data.tags["dvc_experiment"] == "wide-margin"
+    c = client(store)
     experiment_id = c.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
-    assert len(c.search_runs([experiment_id], "tags.pipeline = 'p1'")) == 1
+    assert [r.info.run_id for r in c.search_runs([experiment_id], "tags.dvc_experiment = 'wide-margin'")] == [run.info.run_id]
 
 
-def test_resume_of_an_unknown_run_starts_a_new_one(sqlite_uri):
-    with pytest.warns(tracking.TrackingWarning, match="starting a new run"):
-        logger = tracking.RunLogger.start(sqlite_uri, "train_hard", {}, {}, run_id="0" * 32)
-    assert logger.run_id != "0" * 32
-    with pytest.raises(TrackingError, match="not a number"):
-        logger.log_metrics({"loss": "high"}, 1)
-    with pytest.raises(TrackingError, match="rejected"):  # an invalid key: dropped, not stuck in the queue
-        logger.log_metrics({"loss*": 1.0}, 1)
-    assert logger.pending == 0
-    assert logger.log_metrics({"loss": 1.0}, 1)
-    with pytest.raises(TrackingError, match="status"):
-        logger.close("DONE")
-    assert logger.close()
+# ----------------------------------------------------------------------------- sync
 
 
-def _fail(exc_text="store down"):
-    def boom(*args, **kwargs):
-        raise ConnectionError(exc_text)
+def test_sync_logs_every_stage_from_its_outputs_once(ws, store, capsys):
+    assert tracking.main(["sync"]) == 0  # every stage whose outputs exist
+    c = client(store)
+    train, evaluate, report = (only_run(store, name) for name in ("train_hard", "evaluate", "report"))
+    assert {r.info.status for r in (train, evaluate, report)} == {"FINISHED"}
+    assert steps(store, train.info.run_id, "loss") == [1, 2, 3]
+    assert steps(store, train.info.run_id, "val_acc20") == [2, 3]  # empty in the history: no value
+    # the prepared splits as dataset inputs, their digest DVC's md5
+    md5 = {s: hashlib.md5((ws / "data" / "prepared" / f"{s}.npz").read_bytes()).hexdigest() for s in ("train", "val", "test")}
+    assert {(d.dataset.name, d.dataset.digest) for d in train.inputs.dataset_inputs} == {
+        (f"omniglot-{s}", digest) for s, digest in md5.items()}  # fmt: skip
+    assert [(d.dataset.name, d.dataset.digest) for d in evaluate.inputs.dataset_inputs] == [("omniglot-test", md5["test"])]
+    # the embedder: an MLflow Model with its signature, registered
+    model_id = train.outputs.model_outputs[0].model_id
+    model = c.get_logged_model(model_id)
+    assert model.name == "embedder" and model.source_run_id == train.info.run_id
+    from mlflow.models import get_model_info
 
-    return boom
+    signature = get_model_info(f"models:/{model_id}").signature
+    assert signature.inputs.inputs[0].shape == (-1, 105, 105) and signature.inputs.inputs[0].type == np.dtype(np.uint8)
+    assert signature.outputs.inputs[0].shape == (-1, 16) and signature.outputs.inputs[0].type == np.dtype(np.float32)
+    versions = c.search_model_versions("name = 'tripletml-hard'")
+    assert train.info.run_id in {v.run_id for v in versions}
+    assert evaluate.data.metrics == {"hard_test_acc20": 80.0, "hard_tasks": 40.0}
+    assert evaluate.data.params == {"evaluate.tasks": "40", "evaluate.n_way": "5"}
+    assert [a.path for a in c.list_artifacts(evaluate.info.run_id)] == ["evaluate.json"]
+    assert report.data.metrics == {"hard_test_acc20": 80.0}
+    assert {a.path for a in c.list_artifacts(report.info.run_id)} == {"comparison.csv", "comparison.md", "accuracy.png"}
 
-
-def test_outage_queues_durably_then_sends_in_order(sqlite_uri, tmp_path, monkeypatch):
-    pending = tmp_path / "pending" / "train_random.jsonl"
-    logger = tracking.RunLogger.start(sqlite_uri, "outage", {"pipeline": "p2"}, {}, replay_file=pending, retry_interval=0)
-    store = logger._outbox.client
-    assert logger.log_metrics({"loss": 1.0}, 1)
-    monkeypatch.setattr(store, "log_batch", _fail())
-    monkeypatch.setattr(store, "log_artifact", _fail())
-    artifact = tmp_path / "model.bin"
-    artifact.write_bytes(b"weights")
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        assert not logger.log_metrics({"loss": 0.5}, 2)
-        assert not logger.log_artifacts(artifact, "embedder")
-        assert not logger.log_metrics({"loss": 0.25}, 3)
-    assert len(tracking_warnings(record)) == 1  # reported once per outage
-    assert "store down" in str(tracking_warnings(record)[0].message)
-    assert logger.pending == 3
-    lines = [json.loads(line) for line in pending.read_text().splitlines()]
-    assert [(r["kind"], r.get("step")) for r in lines] == [("metrics", 2), ("artifact", None), ("metrics", 3)]
-
-    monkeypatch.undo()  # the store is back: the next call sends the queue first, in order
-    assert logger.log_metrics({"loss": 0.125}, 4)
-    assert logger.pending == 0 and not pending.exists()
-    history = client(sqlite_uri).get_metric_history(logger.run_id, "loss")
-    assert [int(m.step) for m in history] == [1, 2, 3, 4]
-    assert [m.timestamp for m in history] == sorted(m.timestamp for m in history)
-    assert [a.path for a in client(sqlite_uri).list_artifacts(logger.run_id, "embedder")] == ["embedder/model.bin"]
-    assert logger.close()
-
-
-def test_a_rejected_record_in_the_queue_does_not_block_the_rest(sqlite_uri, tmp_path, monkeypatch):
-    pending = tmp_path / "p.jsonl"
-    logger = tracking.RunLogger.start(sqlite_uri, "rejected", {}, {}, replay_file=pending, retry_interval=0)
-    monkeypatch.setattr(logger._outbox.client, "log_batch", _fail())
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        for step, key in ((1, "loss"), (2, "bad*key"), (3, "loss")):
-            logger.log_metrics({key: 1.0}, step)
-    assert len(tracking_warnings(record)) == 1
-    monkeypatch.undo()
-    with pytest.raises(TrackingError, match="rejected.*dropped"):
-        logger.flush()  # one batch of three is refused: sent one by one, the bad one dropped
-    assert logger.flush() and not pending.exists()
-    assert steps(sqlite_uri, logger.run_id, "loss") == [1, 3]
-    assert logger.close()
+    assert tracking.main(["sync"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert all(line.endswith(": 0 metric values, 0 files, 0 datasets logged") for line in out[-3:]), out[-3:]
+    assert len(c.search_model_versions("name = 'tripletml-hard'")) == len(versions)
+    for key in LOOP_KEYS:
+        assert len(steps(store, train.info.run_id, key)) == len(set(steps(store, train.info.run_id, key))), key
 
 
-def test_close_leaves_replay_file_and_replay_sends_it_once(sqlite_uri, tmp_path, monkeypatch):
-    pending = tmp_path / "train_hard.jsonl"
-    logger = tracking.RunLogger.start(sqlite_uri, "replayed", {}, {}, replay_file=pending, retry_interval=0)
-    store = logger._outbox.client
-    real_log_batch = store.log_batch
-
-    def lost_answer(*args, **kwargs):  # the store got it, but the answer never came back
-        real_log_batch(*args, **kwargs)
-        raise ConnectionError("read timed out")
-
-    monkeypatch.setattr(store, "log_batch", lost_answer)
-    with pytest.warns(tracking.TrackingWarning, match="read timed out"):
-        logger.log_metrics({"loss": 1.0}, 1)
-    monkeypatch.setattr(store, "log_batch", _fail())
-    monkeypatch.setattr(store, "set_terminated", _fail())
-    logger.log_metrics({"loss": 0.5}, 2)
-    logger.log_text("notes", "notes/readme.txt")  # staged copy beside the replay file
-    with pytest.warns(tracking.TrackingWarning, match=str(pending.name)):
-        assert not logger.close(retries=2, delay=0.01)
-    kinds = [json.loads(line)["kind"] for line in pending.read_text().splitlines()]
-    assert kinds == ["metrics", "metrics", "artifact", "terminate"]
-
-    assert tracking.replay(pending, sqlite_uri) == 4
-    assert not pending.exists()
-    assert not pending.with_name("train_hard.files").exists()
-    assert steps(sqlite_uri, logger.run_id, "loss") == [1, 2]  # step 1 not duplicated
-    run = client(sqlite_uri).get_run(logger.run_id)
-    assert run.info.status == "FINISHED"
-    assert [a.path for a in client(sqlite_uri).list_artifacts(logger.run_id, "notes")] == ["notes/readme.txt"]
-    assert tracking.replay(pending, sqlite_uri) == 0
+def test_sync_errors_are_one_line_per_stage(ws, capsys):
+    shutil.rmtree(ws / "reports")
+    assert tracking.main(["sync", "report", "prepare", "evaluate"]) == 1
+    err = ours(capsys.readouterr().err)
+    assert err == [
+        "error: report: reports/comparison.csv missing (run `dvc repro report` first)",
+        "error: prepare: not a tracked stage (train_<strategy>, train_extra@<strategy>, evaluate, report)",
+    ]
 
 
-def test_log_evaluation(sqlite_uri, tmp_path):
-    report = tmp_path / "evaluate.json"
-    report.write_text('{"random": {"test_acc20": 80.0}}')
-    run_id = tracking.log_evaluation(
-        sqlite_uri,
-        tags={"pipeline": "p3", "dvc_stage": "evaluate"},
-        metrics={"random": {"test_acc20": 80.0}, "hard_test_acc20": 85.5},
-        artifacts=[report],
-    )
-    run = client(sqlite_uri).get_run(run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "evaluate"
-    assert run.data.metrics == {"random.test_acc20": 80.0, "hard_test_acc20": 85.5}
-    assert run.data.tags["pipeline"] == "p3"
-    assert [a.path for a in client(sqlite_uri).list_artifacts(run_id)] == ["evaluate.json"]
+def test_served_images_paper_1_or_255_are_the_same_images():
+    from tripletml.serving import to_raw
+
+    raw = np.ones((2, 105, 105), np.uint8)
+    raw[:, 40:60, 50] = 0
+    assert np.array_equal(to_raw(raw), raw)
+    assert np.array_equal(to_raw(raw * 255), raw)
+    gray = (raw * 200).astype(np.uint8)  # a grayscale decode: at or above 128 is paper
+    assert np.array_equal(to_raw(gray), raw)
+    assert to_raw(raw[0]).shape == (1, 105, 105)
 
 
-# ----------------------------------------------------------------------------- a real server
+# ----------------------------------------------------------------------------- real servers and stages
 
 
 class Server:
@@ -299,7 +332,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.log = folder / "server.log"
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 90.0) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job-runner processes
         cmd = [
@@ -310,90 +343,139 @@ class Server:
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.uri + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"mlflow server not up after {timeout} s: {self.log.read_text()[-2000:]}")
+        wait_for(self.uri + "/health", self.proc, self.log, timeout, self.stop)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)  # the group we created with start_new_session
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # workers of the group may outlive the parent briefly
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(self.proc)
+        self.proc = None
+
+
+def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float, stop) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:4]} exited: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    stop()
+    raise RuntimeError(f"{url} not up after {timeout} s: {log.read_text()[-2000:]}")
+
+
+def stop_group(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL, to the process group we started (start_new_session)."""
+    if proc is None:
+        return
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            pass
-
-
-@pytest.fixture
-def server(tmp_path):
-    srv = Server(tmp_path, free_port())
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.stop()
+            return
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # workers of the group may outlive the parent briefly
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 @pytest.mark.slow
-def test_server_dies_mid_run_and_nothing_is_lost(server, tmp_path):
-    tracking.check_reachable(server.uri)
-    pending = tmp_path / "pending.jsonl"
-    logger = tracking.RunLogger.start(
-        server.uri, "train_random", {"pipeline": "p4"}, PARAMS, replay_file=pending, retry_interval=0
-    )
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "embedding.keras").write_bytes(b"\0" * 1024)
-    for step in (1, 2, 3):
-        assert logger.log_metrics({"loss": 1.0 / step, "val_acc20": 10.0 * step}, step)
-    assert logger.log_artifacts(model, "embedder")
-    c = client(server.uri)
-    assert [int(m.step) for m in c.get_metric_history(logger.run_id, "loss")] == [1, 2, 3]
-    assert [a.path for a in c.list_artifacts(logger.run_id, "embedder")] == ["embedder/embedding.keras"]
+def test_a_real_server_lost_mid_run_costs_seconds_and_sync_fills_the_gap(ws, tmp_path, capsys):
+    server = Server(tmp_path, free_port())
+    server.start()
+    try:
+        os.environ["MLFLOW_TRACKING_URI"] = server.uri
+        live = tracking.LiveRun("train_hard", PARAMS)
+        live.log_loop(loop_row(1))
+        server.stop()
+        t0 = time.monotonic()
+        for loop in (2, 3):
+            live.log_loop(loop_row(loop))
+        live.finish()
+        assert time.monotonic() - t0 < 15, "a dead server costs seconds, not minutes"
+        assert capsys.readouterr().err.count("warning:") == 1
+        server.start()  # same port, same store
+        assert tracking.main(["sync"]) == 0 and tracking.main(["sync"]) == 0
+        run = only_run(server.uri, "train_hard")
+        assert run.info.run_id == live.run_id and run.info.status == "FINISHED"
+        assert steps(server.uri, live.run_id, "loss") == [1, 2, 3]
+        assert client(server.uri).search_model_versions("name = 'tripletml-hard'")[0].run_id == live.run_id
+    finally:
+        server.stop()
 
-    server.stop()
-    late = tmp_path / "late.txt"
-    late.write_text("logged while the server was down")
-    t0 = time.monotonic()
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        for step in (4, 5):
-            assert not logger.log_metrics({"loss": 1.0 / step, "val_acc20": 10.0 * step}, step)
-        assert not logger.log_artifacts(late)
-    assert time.monotonic() - t0 < 15  # a dead server costs seconds, not minutes
-    assert len(tracking_warnings(record)) == 1
-    assert logger.pending == 3
-    assert [json.loads(line).get("step") for line in pending.read_text().splitlines()] == [4, 5, None]
-    with pytest.raises(TrackingError, match=str(server.port)):
-        tracking.check_reachable(server.uri, timeout=2)
 
-    server.start()  # same port, same backend
-    assert logger.close()
-    assert not pending.exists()
-    c = client(server.uri)
-    for key in ("loss", "val_acc20"):
-        assert [int(m.step) for m in c.get_metric_history(logger.run_id, key)] == [1, 2, 3, 4, 5]
-    run = c.get_run(logger.run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["pipeline"] == "p4"
-    assert run.data.params["train.augment.affine"] == "0.0"
-    assert "late.txt" in [a.path for a in c.list_artifacts(logger.run_id)]
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny repo copy whose train_hard ran twice: with a reachable store, then with none."""
+    from repo_copy import make_repo, run_ok, stage_env
+
+    work = make_repo(tmp_path_factory.mktemp("trained") / "repo")
+    run_ok([sys.executable, "stages/prepare.py"], work)
+    outputs = ["models/hard/meta.json", "models/hard/mined.json", "metrics/train/hard.json", "metrics/history/hard.csv"]
+    runs = {}
+    for label, uri in (("reachable", f"sqlite:///{work}/mlflow.db"), ("unreachable", f"http://127.0.0.1:{free_port()}")):
+        res = run_ok([sys.executable, "stages/train.py", "--strategy", "hard"], work, env=stage_env(work, MLFLOW_TRACKING_URI=uri))
+        runs[label] = {"stdout": res.stdout, "stderr": res.stderr, **{f: (work / f).read_bytes() for f in outputs}}
+    return work, runs
+
+
+def _without(text: bytes, *columns: str) -> list:
+    """A JSON object or CSV table without its timing fields."""
+    if text.startswith(b"{"):
+        return sorted((k, v) for k, v in json.loads(text).items() if k not in columns)
+    rows = [line.split(",") for line in text.decode().splitlines()]
+    keep = [i for i, name in enumerate(rows[0]) if name not in columns]
+    return [[row[i] for i in keep] for row in rows]
+
+
+@pytest.mark.slow
+def test_a_stage_writes_the_same_outputs_whether_mlflow_answers_or_not(trained):
+    _, runs = trained
+    a, b = runs["reachable"], runs["unreachable"]
+    assert "warning: MLflow store http://127.0.0.1:" in b["stderr"] and "warning:" not in a["stderr"]
+    assert "model tripletml-hard version 1 logged" in a["stdout"]
+    digest = [[line for line in r["stdout"].splitlines() if "weights sha256" in line] for r in (a, b)]
+    assert digest[0] == digest[1] and len(digest[0]) == 1, digest
+    for f in ("models/hard/meta.json", "models/hard/mined.json"):
+        assert a[f] == b[f], f
+    assert _without(a["metrics/train/hard.json"], "train_seconds", "seconds_per_step") == _without(
+        b["metrics/train/hard.json"], "train_seconds", "seconds_per_step")  # fmt: skip
+    assert _without(a["metrics/history/hard.csv"], "loop_seconds") == _without(b["metrics/history/hard.csv"], "loop_seconds")
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_with_the_embedders_own_embeddings(trained, tmp_path):
+    from synthetic import glyph
+
+    from tripletml.embedder import load_embedder
+
+    work, _ = trained
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/tripletml-hard/1", "--env-manager", "local",
+             "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", proc, log, 180, lambda: stop_group(proc))
+        raw = np.stack([glyph(seed, 0) for seed in range(4)])  # 1 = paper, 0 = ink
+        expected = load_embedder(work / "models" / "hard").embed(raw)
+        for images in (raw, raw * 255):  # both decodes of a PNG
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": images.tolist()}).encode(),
+                {"Content-Type": "application/json"},
+            )  # fmt: skip
+            with urllib.request.urlopen(request, timeout=120) as response:
+                served = np.asarray(json.loads(response.read())["predictions"], np.float32)
+            np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+    finally:
+        stop_group(proc)

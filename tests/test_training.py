@@ -13,11 +13,11 @@ import tensorflow as tf
 from tripletml import training
 from tripletml.data import OmniglotSet
 from tripletml.errors import TrainingError
-from tripletml.params import validate_params
+from tripletml.params import ModelParams, StrategySettings, validate_params
 from tripletml.training import LoopRecord, Trainer, TrainResult, train
 
 S = 16
-MODEL = {"arch": "convnet", "embedding_dim": 16, "filters": 8, "blocks": 4}
+MODEL = ModelParams(arch="convnet", embedding_dim=16, filters=8, blocks=4)
 
 
 def _make_set(n_cls: int, seed: int, alphabets: int = 2) -> OmniglotSet:
@@ -46,7 +46,7 @@ STRATEGIES = {
 }
 
 
-def settings(name: str, **overrides) -> dict:
+def settings(name: str, **overrides) -> StrategySettings:
     """Effective settings through the real params schema, at toy sizes."""
     strategies = {k: dict(v) for k, v in STRATEGIES.items()}
     strategies[name].update(overrides.pop("strategy", {}))
@@ -54,7 +54,7 @@ def settings(name: str, **overrides) -> dict:
     train_params.update(classes_per_batch=4)
     train_params.update(overrides)
     params = validate_params(
-        {"data": {"image_size": S}, "model": {k: v for k, v in MODEL.items() if k != "arch"}, "train": train_params,
+        {"data": {"image_size": S}, "model": MODEL.model_dump(exclude={"arch"}), "train": train_params,
          "strategies": strategies}
     )
     return params.strategy(name)
@@ -224,8 +224,9 @@ def test_nan_loss_stops_naming_the_loop(data, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_huge_learning_rate_stops_with_training_error(data) -> None:
+    s = settings("random").model_copy(update={"learning_rate": 1e30})  # past params' bound (10): the trainer's guard is under test
     with pytest.raises(TrainingError, match=r"at loop 1\b"):
-        train(settings("random", learning_rate=1e30), MODEL, *data)
+        train(s, MODEL, *data)
 
 
 def test_collapsed_embedding_stops_naming_the_loop(data) -> None:
@@ -287,13 +288,13 @@ def test_checkpoint_of_other_settings_is_ignored(data, tmp_path: Path) -> None:
 def test_replica_split_checks_the_batch_form_in_use() -> None:
     from tripletml.params import ParamsError
 
-    base = {"strategy": "hard", "batch_size": 8, "classes_per_batch": 5, "distribute": "mirrored"}
+    base = settings("hard", batch_size=8, classes_per_batch=5, distribute="mirrored")
     with pytest.raises(ParamsError, match=r"^classes_per_batch = 5 .*multiple of the 2 replicas"):
-        training._check_replica_split({**base, "sampler": "classes"}, 2)
-    training._check_replica_split({**base, "sampler": "triplets"}, 2)  # 8 triplets split evenly
+        training._check_replica_split(base.model_copy(update={"sampler": "classes"}), 2)
+    training._check_replica_split(base, 2)  # 8 triplets split evenly
     with pytest.raises(ParamsError, match=r"^batch_size = 7 "):
-        training._check_replica_split({**base, "sampler": "triplets", "batch_size": 7}, 2)
-    training._check_replica_split({**base, "sampler": "classes"}, 1)  # one device: anything goes
+        training._check_replica_split(base.model_copy(update={"batch_size": 7}), 2)
+    training._check_replica_split(base.model_copy(update={"sampler": "classes"}), 1)  # one device: anything goes
 
 
 def test_without_validation_alphabets_the_last_loop_is_kept(data) -> None:

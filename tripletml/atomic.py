@@ -14,18 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-
-class OutputError(OSError):
-    """An output could not be written (unwritable folder, disk full, ...)."""
-
-    def __init__(self, what: str, cause: OSError) -> None:
-        self.reason = _reason(cause)  # the OS's words, e.g. "No space left on device"
-        super().__init__(f"{what}: {self.reason}")
-
-
-def _reason(exc: OSError) -> str:
-    """The OS's words for a failed write, without nesting an inner OutputError's message."""
-    return exc.reason if isinstance(exc, OutputError) else exc.strerror or str(exc)
+from tripletml.errors import OutputError  # defined there; tripletml.atomic.OutputError still works
 
 
 @contextlib.contextmanager

@@ -56,7 +56,10 @@ def _half_open(c: dict, n: int, source: str) -> dict[str, tuple[int, int]]:
 
 
 def load_course_pickle(path: str | os.PathLike) -> OmniglotSet:
-    """Load a course pickle as raw images (uint8, 1 = paper, 0 = ink), half-open ``c``."""
+    """Load a course pickle as raw images (uint8, 1 = paper, 0 = ink), half-open ``c``.
+
+    The drawings of a character keep the pickle's order (it holds no drawer numbers).
+    """
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -72,6 +75,11 @@ def load_course_pickle(path: str | os.PathLike) -> OmniglotSet:
         raise DataError(f"{path}: X has shape {X.shape}, expected (n, 20, {RAW_SIZE}, {RAW_SIZE})")
     # The course's X holds 0/1 (or 0/255) with white paper high.
     raw = (X >= (128 if X.max() > 1 else 0.5)).astype(np.uint8)
-    half = dict(sorted(_half_open(c, X.shape[0], str(path)).items(), key=lambda kv: kv[1][0]))
-    names = [f"{a}/character{i - lo + 1:02d}" for a, (lo, hi) in half.items() for i in range(lo, hi)]
-    return OmniglotSet(raw, half, names)
+    # Alphabets in name order, as the zip reader gives them (the course's loader kept the
+    # file system's order), so both sources prepare the same arrays.
+    ranges = sorted(_half_open(c, X.shape[0], str(path)).items())
+    order = np.concatenate([np.arange(lo, hi) for _, (lo, hi) in ranges])
+    names = [f"{a}/character{i - lo + 1:02d}" for a, (lo, hi) in ranges for i in range(lo, hi)]
+    bounds = np.cumsum([0] + [hi - lo for _, (lo, hi) in ranges])
+    half = {a: (int(bounds[k]), int(bounds[k + 1])) for k, (a, _) in enumerate(ranges)}
+    return OmniglotSet(raw[order], half, names)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from tripletml.atomic import atomic_path
+from tripletml.errors import DataError  # defined there; tripletml.data.DataError still works
 
 RAW_SIZE = 105
 DRAWINGS = 20
@@ -31,11 +33,6 @@ PAPER = 0.0  # model-image value of paper
 RAW_PAPER = 1  # raw (PNG) value of paper; raw ink is 0
 SETS = ("background", "evaluation")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_CHAR_RE = re.compile(r"^character\d+$")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the offending file."""
 
 
 @dataclass
@@ -83,13 +80,16 @@ def _decode_png(data: bytes, where: str) -> np.ndarray:
     """Decode one Omniglot PNG to a raw uint8 array (1 = paper, 0 = ink)."""
     if not data.startswith(PNG_MAGIC):
         raise DataError(f"{where}: not a PNG file")
+    # The size the header declares, checked before Pillow allocates or decodes anything
+    # (a header claiming 30000 x 30000 would otherwise end in DecompressionBombError).
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise DataError(f"{where}: cannot decode PNG (no IHDR header)")
+    width, height = struct.unpack(">II", data[16:24])
+    if (width, height) != (RAW_SIZE, RAW_SIZE):
+        raise DataError(f"{where}: image is {width}x{height}, expected {RAW_SIZE}x{RAW_SIZE}")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            if img.size != (RAW_SIZE, RAW_SIZE):
-                raise DataError(
-                    f"{where}: image is {img.size[0]}x{img.size[1]}, expected {RAW_SIZE}x{RAW_SIZE}"
-                )
             if img.mode == "1":
                 return np.asarray(img, dtype=np.uint8)
             return (np.asarray(img.convert("L")) >= 128).astype(np.uint8)
@@ -196,28 +196,6 @@ def read_omniglot_zip(path: str | os.PathLike, set_name: str | None = None) -> O
                 raise DataError(f"{path}: corrupt member {info.filename} ({exc})") from exc
 
         return _assemble(files, alphabets, read, str(path))
-
-
-def read_omniglot_folder(path: str | os.PathLike) -> OmniglotSet:
-    """Read an extracted Omniglot folder (``.../images_<set>``; <Alphabet>/characterNN/*.png)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"{path}: folder not found")
-    if not path.name.startswith("images_"):
-        raise DataError(f"{path}: expected a folder named images_background or images_evaluation")
-    files: dict[tuple[str, str], list[tuple[str, object]]] = {}
-    alphabets = {p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    for a in alphabets:
-        for ch_dir in (path / a).iterdir():
-            if ch_dir.is_dir():
-                pngs = [f for f in ch_dir.iterdir() if f.is_file() and not f.name.startswith(".")]
-                files[(a, ch_dir.name)] = [(f.name, f) for f in pngs]
-    return _assemble(files, alphabets, lambda f: Path(f).read_bytes(), str(path))
-
-
-def read_omniglot(path: str | os.PathLike, set_name: str | None = None) -> OmniglotSet:
-    """Read a zip or an extracted folder, whichever ``path`` is."""
-    return read_omniglot_folder(path) if Path(path).is_dir() else read_omniglot_zip(path, set_name)
 
 
 # ----------------------------------------------------------------------------- pixels

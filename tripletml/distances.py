@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 
 # Below this a squared distance counts as zero for the Euclidean square root: its
@@ -107,21 +106,3 @@ def paired_distances(a, b, kind: str = "sqeuclidean") -> tf.Tensor:
         return tf.clip_by_value(1.0 - cos, 0.0, 2.0)
     d = tf.reduce_sum(tf.square(a - b), axis=-1)
     return _safe_sqrt(d) if kind == "euclidean" else d
-
-
-def pairwise_sqeuclidean_np(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
-    """NumPy squared Euclidean distances, float32 (n, m), clipped at 0.
-
-    Uses the |a|^2 - 2ab + |b|^2 expansion (one BLAS matmul), which is what makes
-    it fast enough for nearest-neighbour evaluation and mining over many rows.
-    """
-    same = b is None
-    a = np.asarray(a, dtype=np.float32).reshape(len(a), -1)
-    b = a if same else np.asarray(b, dtype=np.float32).reshape(len(b), -1)
-    a2 = np.einsum("ij,ij->i", a, a)[:, None]
-    b2 = np.einsum("ij,ij->i", b, b)[None, :]
-    d = a2 - 2.0 * (a @ b.T) + b2
-    np.maximum(d, 0.0, out=d)
-    if same:
-        np.fill_diagonal(d, 0.0)
-    return d.astype(np.float32, copy=False)

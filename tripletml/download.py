@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from tripletml.atomic import atomic_path
+from tripletml.errors import DownloadError  # defined there; tripletml.download.DownloadError still works
 
 BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
 OFFICIAL_MD5 = {
@@ -23,10 +24,6 @@ OFFICIAL_MD5 = {
 # because the prepare stage reads every zip that mapping names as an image set.
 RUNS_MD5 = {"all_runs.zip": "e8996daecdf12afeeb4a53a179f06b19"}
 URL_PATHS = {"all_runs.zip": "one-shot-classification/all_runs.zip"}  # under BASE_URL; default: the name
-
-
-class DownloadError(RuntimeError):
-    """The zips are neither present nor downloadable."""
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "md5") -> str:
@@ -47,11 +44,30 @@ def _fetch(url: str, dest: Path, md5: str, timeout: float) -> None:
             raise DownloadError(f"{url}: MD5 {got} does not match the official {md5}")
 
 
-def ensure_raw_zips(raw_dir: str | os.PathLike, base_url: str = BASE_URL, timeout: float = 30.0) -> dict[str, Path]:
-    """Return the paths of the image zips and all_runs.zip in ``raw_dir``, downloading any missing."""
+def ensure_raw_zips(
+    raw_dir: str | os.PathLike,
+    base_url: str = BASE_URL,
+    timeout: float = 30.0,
+    course_pickles: tuple[str, str] | None = None,
+) -> dict[str, Path]:
+    """Return the paths of the image zips and all_runs.zip in ``raw_dir``, downloading any missing.
+
+    With ``course_pickles`` (the course's train and test pickle names) those two files stand
+    in for the image zips: they are not published anywhere, so they must already be there.
+    """
     raw_dir = Path(raw_dir)
     paths, missing = {}, []
-    for name, md5 in {**OFFICIAL_MD5, **RUNS_MD5}.items():
+    images = OFFICIAL_MD5
+    if course_pickles is not None:
+        absent = [n for n in course_pickles if not (raw_dir / n).is_file()]
+        if absent:
+            raise DownloadError(
+                f"{raw_dir}/{absent[0]}: not found; data.course_pickles names the course's pickles, which cannot be "
+                f"downloaded: put {' and '.join(absent)} in {raw_dir}/, or set data.course_pickles: null to use the official zips"
+            )
+        paths.update({n: raw_dir / n for n in course_pickles})
+        images = {}
+    for name, md5 in {**images, **RUNS_MD5}.items():
         dest = raw_dir / name
         paths[name] = dest
         if dest.is_file():

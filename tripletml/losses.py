@@ -152,17 +152,3 @@ def collapse_reason(
             f"with relative spread {spread:.2e}"
         )
     return None
-
-
-def is_collapsed(
-    embeddings,
-    loss: float | None = None,
-    margin: float | None = None,
-    tol: float = 1e-4,
-    stuck_tol: float = 1e-2,
-    loss_tol: float = 1e-3,
-    soft: bool = False,
-) -> bool:
-    """True when the embeddings have collapsed; see :func:`collapse_reason`."""
-    reason = collapse_reason(embeddings, loss, margin, tol, stuck_tol, loss_tol, soft)
-    return reason is not None

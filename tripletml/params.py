@@ -1,8 +1,10 @@
-"""Load and validate ``params.yaml`` before any stage does any work.
+"""Load and validate ``params.yaml`` before any stage does any work (and before TensorFlow loads).
 
-The schema is a set of pydantic models with ``extra="forbid"``: pydantic gives types,
-ranges and literal choices; this module turns its errors into one line naming the
-key and the value, with the nearest valid key suggested for a typo.
+The schema is a set of pydantic models with ``extra="forbid"`` and bounds on every number;
+this module turns their errors into one line naming the file, the key, the value and the
+allowed range, with the nearest valid key suggested for a typo. Values bounded by the data
+(classes per batch, n-way, held-out alphabets) are checked against prepare's ``summary.json``
+where it describes the current split, else against the official Omniglot counts.
 """
 
 from __future__ import annotations
@@ -16,38 +18,60 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tripletml.data_facts import OMNIGLOT_DRAWINGS, DataFacts, data_facts
+from tripletml.errors import ParamsError  # defined there; tripletml.params.ParamsError still works
+
 SAMPLERS = ("triplets", "classes")  # tripletml.samplers
 NEGATIVE_MINERS = ("random", "hard")  # the assignment's rules: a random other class, then a random / the nearest drawing
 ONLINE_MINERS = ("batch_all", "batch_hard", "semi_hard")  # in-batch mining over P x K batches
 MINERS = NEGATIVE_MINERS + ONLINE_MINERS
 PAIR = ("random", "hard")  # the assignment's comparison: stages train_random and train_hard
 ARCHS = ("convnet", "schroff", "hoffer", "practical", "custom")
-# The official evaluation set's smallest alphabet: what within-alphabet tasks are checked
-# against until `prepare` has written the prepared set's own summary.json.
-OMNIGLOT_SMALLEST_EVALUATION_ALPHABET = ("Angelic", 20)
-OMNIGLOT_BACKGROUND_ALPHABETS = 30
 
-
-class ParamsError(ValueError):
-    """A bad params file; the message names the file, the key and the value."""
+# Upper bounds for values that would otherwise exhaust memory or time. Generous: each is far
+# above anything this project runs (in brackets: the committed params.yaml), and there only to
+# turn a typo (an extra zero, 10**9) into a one-line error instead of a crash an hour in.
+MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed seeds NumPy's legacy generator: 0..2**32-1
+MAX_FILTERS = 1024  # convnet filters per block (64): 1024 at 105 px is ~45 MB of activations per image and block
+MAX_EMBEDDING_DIM = 8192  # final Dense width (128; the sigmoid archs' own: 4096)
+MAX_BATCH_SIZE = 4096  # triplets a step (64): 12288 images, and 20x that embedded by the hard miner
+MAX_IMAGES_PER_STEP = 3 * MAX_BATCH_SIZE  # class batches: classes_per_batch x samples_per_class (64-160)
+MAX_LOOPS = 10_000  # (10) each loop also scores the validation tasks and writes a checkpoint
+MAX_STEPS_PER_LOOP = 1_000_000  # (160-450)
+MAX_TASKS = 100_000  # one-shot tasks per score (250-2000)
+MAX_CPU_REPLICAS = 64  # logical CPU devices to mirror over (2): more than any machine's cores only slows it
+MAX_LEARNING_RATE = 10.0  # (0.003) anything above diverges with either optimizer
+MAX_MARGIN = 10_000.0  # (0.2-1.0) above every distance the embeddings reach (unit-norm: <= 4; sigmoid: <= embedding_dim)
+MAX_TTA_SHIFT = 8  # (1) each image is embedded (2r+1)^2 times: 289 at 8
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity: every bound below compares false against NaN.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class CoursePickles(_Strict):
+    """The course's own pickles, read in place of the official zips."""
+
+    train: str = "omniglot_train.p"  # the 30 background alphabets
+    test: str = "omniglot_test.p"  # the 20 evaluation alphabets
 
 
 class DataParams(_Strict):
     image_size: int = Field(28, ge=8, le=105)
-    validation_alphabets: int | list[str] = 5  # 0: train on every background alphabet (the assignment); no model is chosen
-    seed: int = 0
+    # a count (0: train on every background alphabet, the assignment's; no model is chosen) or
+    # a list of names; its range depends on the data, so it is checked in _check_data
+    validation_alphabets: int | list[str] = Field(5, description="a count of background alphabets (0: none) or a list of their names")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     raw_dir: str = "data/raw"
+    course_pickles: CoursePickles | None = None  # null: the official zips; else the course's pickles in raw_dir
     prepared_dir: str = "data/prepared"
 
 
 class ModelParams(_Strict):
     arch: Literal[ARCHS] = "convnet"  # type: ignore[valid-type]
-    embedding_dim: int | None = Field(128, ge=2)
-    filters: int = Field(64, ge=1)
+    embedding_dim: int | None = Field(128, ge=2, le=MAX_EMBEDDING_DIM)
+    filters: int = Field(64, ge=1, le=MAX_FILTERS)
     blocks: int = Field(4, ge=1, le=6)
     pool_padding: Literal["valid", "same"] = "same"  # convnet only; "same" keeps odd maps' last row and column
     final_pool: bool = True  # convnet only; false: the last block's map goes to the Dense layer unpooled
@@ -66,44 +90,45 @@ class StrategyParams(_Strict):
 
     sampler: Literal[SAMPLERS]  # type: ignore[valid-type]
     miner: Literal[MINERS]  # type: ignore[valid-type]
-    loops: int | None = Field(None, ge=1)
-    steps_per_loop: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=2)
-    learning_rate: float | None = Field(None, gt=0)
-    margin: float | None = Field(None, ge=0)
+    loops: int | None = Field(None, ge=1, le=MAX_LOOPS)
+    steps_per_loop: int | None = Field(None, ge=1, le=MAX_STEPS_PER_LOOP)
+    batch_size: int | None = Field(None, ge=2, le=MAX_BATCH_SIZE)
+    learning_rate: float | None = Field(None, gt=0, le=MAX_LEARNING_RATE)
+    margin: float | None = Field(None, ge=0, le=MAX_MARGIN)
     soft_margin: bool | None = None
-    classes_per_batch: int | None = Field(None, ge=2)  # class batches: P
-    samples_per_class: int | None = Field(None, ge=2, le=20)  # class batches: K
+    classes_per_batch: int | None = Field(None, ge=2)  # class batches: P; at most the training classes (_check_data)
+    samples_per_class: int | None = Field(None, ge=2, le=OMNIGLOT_DRAWINGS)  # class batches: K
     augment: AugmentParams | None = None
 
 
 class TrainParams(_Strict):
-    seed: int = 0
-    loops: int = Field(10, ge=1)
-    steps_per_loop: int = Field(100, ge=1)
-    batch_size: int = Field(64, ge=2)  # triplets per step with the triplets sampler
-    classes_per_batch: int = Field(8, ge=2)  # P of class batches
-    margin: float = Field(0.2, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    loops: int = Field(10, ge=1, le=MAX_LOOPS)
+    steps_per_loop: int = Field(100, ge=1, le=MAX_STEPS_PER_LOOP)
+    batch_size: int = Field(64, ge=2, le=MAX_BATCH_SIZE)  # triplets per step with the triplets sampler
+    classes_per_batch: int = Field(8, ge=2)  # P of class batches; at most the training classes (_check_data)
+    margin: float = Field(0.2, ge=0, le=MAX_MARGIN)
     soft_margin: bool = False
     distance: Literal["sqeuclidean", "euclidean", "cosine"] = "sqeuclidean"
     optimizer: Literal["adam", "sgd"] = "adam"
-    learning_rate: float = Field(0.001, gt=0)
+    learning_rate: float = Field(0.001, gt=0, le=MAX_LEARNING_RATE)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     augment: AugmentParams = AugmentParams()
-    val_tasks: int = Field(500, ge=1)  # 20-way validation tasks scored after each loop (the same every loop)
-    test_tasks: int = Field(250, ge=1)  # the assignment's per-loop test: tasks drawn afresh every loop
-    n_way: int = Field(20, ge=2)
+    val_tasks: int = Field(500, ge=1, le=MAX_TASKS)  # 20-way validation tasks scored after each loop (the same every loop)
+    test_tasks: int = Field(250, ge=1, le=MAX_TASKS)  # the assignment's per-loop test: tasks drawn afresh every loop
+    n_way: int = Field(20, ge=2)  # at most the validation and the test characters (_check_data)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
-    cpu_replicas: int = Field(2, ge=1)  # mirrored without a GPU: logical CPU devices to mirror over
+    cpu_replicas: int = Field(2, ge=1, le=MAX_CPU_REPLICAS)  # mirrored without a GPU: logical CPU devices to mirror over
     precision: Literal["float32", "mixed_bfloat16"] = "float32"
 
 
 class EvaluateParams(_Strict):
-    tasks: int = Field(2000, ge=1)
-    assignment_tasks: int = Field(250, ge=1)
-    n_way: int = Field(20, ge=2)
-    seed: int = 1234
-    tta_shift: int = Field(1, ge=0)  # test-time shift averaging radius in pixels (tripletml/tta.py); 0: off
+    tasks: int = Field(2000, ge=1, le=MAX_TASKS)
+    assignment_tasks: int = Field(250, ge=1, le=MAX_TASKS)
+    n_way: int = Field(20, ge=2)  # at most the smallest evaluation alphabet's characters (_check_data)
+    seed: int = Field(1234, ge=0, le=MAX_SEED)
+    # test-time shift averaging radius in pixels (tripletml/tta.py); 0: off; below half of data.image_size
+    tta_shift: int = Field(1, ge=0, le=MAX_TTA_SHIFT)
 
 
 class Params(_Strict):
@@ -139,17 +164,26 @@ class Params(_Strict):
         """Every strategy the pipeline trains, in report order: the assignment's pair first."""
         return list(PAIR) + [s for s in dict.fromkeys(self.extra_strategies)]
 
-    def strategy(self, name: str) -> dict[str, Any]:
+    def strategy(self, name: str) -> StrategySettings:
         """The effective training settings of one strategy: ``train`` with its overrides."""
-        merged = self.train.model_dump()
         if name not in self.strategies:
             raise ParamsError(f"strategies.{name}: no such strategy{_suggest(name, self.strategies)}; defined: {', '.join(self.strategies)}")
-        own = self.strategies[name].model_dump()
-        for key, value in own.items():
-            if value is not None or key not in merged:  # strategy-only keys are always present
-                merged[key] = value
-        merged["strategy"] = name
-        return merged
+        own = self.strategies[name].model_dump(exclude_none=True)
+        return StrategySettings.model_validate({**self.train.model_dump(), **own, "strategy": name})
+
+
+class StrategySettings(TrainParams):
+    """What a trainer reads: the ``train`` keys with one strategy's overrides, its sampler,
+    miner and ``samples_per_class`` (unset: every drawing for random and hard, else 4)."""
+
+    strategy: str
+    sampler: Literal[SAMPLERS]  # type: ignore[valid-type]
+    miner: Literal[MINERS]  # type: ignore[valid-type]
+    samples_per_class: int | None = Field(None, ge=2, le=OMNIGLOT_DRAWINGS)
+
+    def drawings_per_class(self, drawings: int = OMNIGLOT_DRAWINGS) -> int:
+        """K of a class batch: ``samples_per_class``, unset every drawing (random, hard) or 4."""
+        return self.samples_per_class or (drawings if self.miner in NEGATIVE_MINERS else 4)
 
 
 def _suggest(word: str, options) -> str:
@@ -168,97 +202,152 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
-def _fields_at(loc: tuple) -> list[str]:
-    """Valid keys of the mapping at ``loc``, for suggestions."""
+def _locate(loc: tuple) -> tuple[str, Any, list[str]]:
+    """The dotted key a pydantic error location names, the field it ends on, and the keys
+    valid beside it (for suggestions)."""
     model: Any = Params
+    parts: list[str] = []
+    field, siblings = None, []
     for part in loc:
-        fields = getattr(model, "model_fields", {})
-        if part in fields:
-            model = _model_in(fields[part].annotation)
-        # otherwise ``part`` is a dict key (a strategy name): stay on the value model
-    return list(getattr(model, "model_fields", {}))
+        fields = getattr(model, "model_fields", None)
+        if fields is None:  # past a leaf: a union member pydantic tried (``data.validation_alphabets.int``)
+            break
+        parts.append(str(part))
+        field, siblings = fields.get(part), list(fields)
+        if field is not None:
+            model = _model_in(field.annotation)
+        # otherwise ``part`` is a dict key (a strategy name) or unknown: stay on the value model
+    return ".".join(parts), field, siblings
+
+
+def _allowed(field: Any) -> str | None:
+    """What a field takes, as a message says it: ``an integer 1..10000``."""
+    if field is None:
+        return None
+    if field.description:  # a range that depends on the data (_check_data): say what the key takes
+        return field.description
+    bounds = {name: getattr(m, name) for m in field.metadata for name in ("ge", "gt", "le", "lt") if getattr(m, name, None) is not None}
+    if not bounds:
+        return None
+    args = getattr(field.annotation, "__args__", (field.annotation,))
+    kind = "an integer" if int in args and float not in args else "a number"
+    if "ge" in bounds and "le" in bounds:
+        text = f"{bounds['ge']}..{bounds['le']}"
+    else:
+        signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+        text = " and ".join(f"{signs[name]} {value}" for name, value in bounds.items())
+    return f"{kind} {text}" + (" (or null)" if type(None) in args else "")
 
 
 def _format_error(err: dict, source: str) -> str:
     loc = tuple(err["loc"])
-    key = ".".join(str(p) for p in loc) or "<top>"
+    key, field, siblings = _locate(loc)
     if err["type"] == "extra_forbidden":
-        parent_fields = _fields_at(loc[:-1])
-        return f"{source}: unknown key {key!r}{_suggest(str(loc[-1]), parent_fields)}"
+        return f"{source}: unknown key {key!r}{_suggest(str(loc[-1]), siblings)}"
     msg = err["msg"].removeprefix("Value error, ")
     if not loc:  # a check across keys: its message names them
         return f"{source}: {msg}"
     if err["type"] == "missing":
         return f"{source}: {key} is required"
-    return f"{source}: {key} = {err.get('input')!r}: {msg}"
+    allowed = _allowed(field)
+    if allowed and err["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"):
+        return f"{source}: {key} = {err.get('input')!r}: must be {allowed}"
+    return f"{source}: {key} = {err.get('input')!r}: {msg}" + (f"; must be {allowed}" if allowed else "")
 
 
 def validate_params(raw: dict, source: str = "params.yaml", use_prepared: bool = True) -> Params:
     """Validate a parsed params mapping; raise :class:`ParamsError` on the first problem.
 
-    ``use_prepared=False`` checks ``evaluate.n_way`` against the official evaluation set
-    rather than the prepared one (for the stages that make the prepared set).
+    ``use_prepared=False`` checks the data-dependent values against the official Omniglot
+    counts rather than the prepared set's (for the stages that make the prepared set).
     """
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping at the top level")
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
-        raise ParamsError(_format_error(exc.errors()[0], source)) from None
+        raise ParamsError(" ".join(_format_error(exc.errors()[0], source).splitlines())) from None
     _cross_checks(params, source, use_prepared)
     return params
 
 
+# ----------------------------------------------------------------------------- checks across keys
+
+
 def _cross_checks(p: Params, source: str, use_prepared: bool = True) -> None:
-    """Checks that span several keys, made before any work starts."""
+    """Checks that span several keys or depend on the data, made before any work starts."""
     from tripletml.architectures import min_image_size  # pure Python: no TensorFlow at start-up
 
     need = min_image_size(p.model.arch, filters=p.model.filters, blocks=p.model.blocks, pool_padding=p.model.pool_padding, final_pool=p.model.final_pool)
     if p.data.image_size < need:
-        raise ParamsError(
-            f"{source}: data.image_size = {p.data.image_size}: too small for model.arch {p.model.arch!r} (needs >= {need})"
-        )
+        raise ParamsError(f"{source}: data.image_size = {p.data.image_size}: too small for model.arch {p.model.arch!r} (needs >= {need})")
     if 2 * p.evaluate.tta_shift >= p.data.image_size:
-        raise ParamsError(
-            f"{source}: evaluate.tta_shift = {p.evaluate.tta_shift}: shifts must stay below half of data.image_size ({p.data.image_size})"
-        )
-    held_out = p.data.validation_alphabets
-    if isinstance(held_out, int) and not 0 <= held_out < OMNIGLOT_BACKGROUND_ALPHABETS:
-        raise ParamsError(
-            f"{source}: data.validation_alphabets = {held_out}: must be 0 (none held out) to "
-            f"{OMNIGLOT_BACKGROUND_ALPHABETS - 1} of the {OMNIGLOT_BACKGROUND_ALPHABETS} background alphabets, or a list of names"
-        )
-    alphabet, size = smallest_evaluation_alphabet(p.data.prepared_dir if use_prepared else None)
-    if p.evaluate.n_way > size:
-        raise ParamsError(
-            f"{source}: evaluate.n_way = {p.evaluate.n_way}: larger than the smallest alphabet the within-alphabet "
-            f"evaluation draws from ({alphabet!r}, {size} characters)"
-        )
+        half = f"half of data.image_size ({p.data.image_size}); must be 0..{(p.data.image_size - 1) // 2}"
+        raise ParamsError(f"{source}: evaluate.tta_shift = {p.evaluate.tta_shift}: shifts must stay below {half}")
+    facts = data_facts(p.data, use_prepared)
+    _check_data(p, source, facts)
     for name in p.strategies:  # every strategy defined, trained in this run or not
         s = p.strategy(name)
-        if s["sampler"] == "triplets" and s["miner"] not in NEGATIVE_MINERS:
+        _check_batches(p, name, s, source, facts)
+        if s.sampler == "triplets" and s.miner not in NEGATIVE_MINERS:
             raise ParamsError(
-                f"{source}: strategies.{name}.miner = {s['miner']!r}: the triplets sampler takes the random or hard miner; "
+                f"{source}: strategies.{name}.miner = {s.miner!r}: the triplets sampler takes the random or hard miner; "
                 "online miners need sampler: classes"
             )
-        if s["sampler"] == "classes" and s["miner"] == "hard" and s["samples_per_class"] is not None:
+        if s.sampler == "classes" and s.miner == "hard" and s.samples_per_class is not None:
             raise ParamsError(
-                f"{source}: strategies.{name}.samples_per_class = {s['samples_per_class']}: the hard miner takes the nearest "
+                f"{source}: strategies.{name}.samples_per_class = {s.samples_per_class}: the hard miner takes the nearest "
                 "of every drawing of the negative class, so its class batches hold all drawings; leave the key unset"
             )
 
 
-def smallest_evaluation_alphabet(prepared_dir: str | os.PathLike | None) -> tuple[str, int]:
-    """(name, characters) of the test set's smallest alphabet: from prepare's summary, else Omniglot's."""
-    import json
+def _check_data(p: Params, source: str, facts: DataFacts) -> None:
+    """The values bounded by the data: held-out alphabets and n-way tasks."""
+    spec, n_alphabets = p.data.validation_alphabets, facts.background_alphabets
+    of_all = f"{n_alphabets - 1} of the {n_alphabets} background alphabets"
+    if isinstance(spec, int) and not 0 <= spec < n_alphabets:
+        raise ParamsError(f"{source}: data.validation_alphabets = {spec}: must be 0 (none held out) to {of_all}, or a list of names")
+    if isinstance(spec, list) and not 0 < len(set(spec)) < n_alphabets:
+        raise ParamsError(f"{source}: data.validation_alphabets = {spec!r}: a list must name 1 to {of_all} (or give a count; 0 holds none out)")
+    # train.n_way: the validation tasks draw across the validation characters, the per-loop
+    # test tasks across the evaluation characters.
+    limits = []
+    if facts.val_characters:  # 0: no validation alphabets, no validation tasks
+        limits.append((facts.val_characters, f"the validation characters ({facts.split_source})"))
+    if facts.test_characters:
+        limits.append((facts.test_characters, f"the evaluation characters the per-loop test tasks draw from ({facts.test_source})"))
+    for limit, what in sorted(limits):
+        if p.train.n_way > limit:
+            raise ParamsError(f"{source}: train.n_way = {p.train.n_way}: must be 2..{limit}, {what}")
+    alphabet, size = facts.smallest_test_alphabet
+    if p.evaluate.n_way > size:
+        raise ParamsError(
+            f"{source}: evaluate.n_way = {p.evaluate.n_way}: larger than the smallest alphabet the within-alphabet "
+            f"evaluation draws from ({alphabet!r}, {size} characters, {facts.test_source}); must be 2..{size}"
+        )
 
-    if prepared_dir is None:
-        return OMNIGLOT_SMALLEST_EVALUATION_ALPHABET
-    try:
-        found = json.loads((Path(prepared_dir) / "summary.json").read_text(encoding="utf-8"))["test"]["smallest_alphabet"]
-        return str(found["name"]), int(found["characters"])
-    except (OSError, ValueError, KeyError, TypeError):  # not prepared yet, or an older summary
-        return OMNIGLOT_SMALLEST_EVALUATION_ALPHABET
+
+def _check_batches(p: Params, name: str, s: StrategySettings, source: str, facts: DataFacts) -> None:
+    """A strategy's classes per batch: at most its training classes, and a batch that fits in memory."""
+    per_batch = s.classes_per_batch
+    key = f"strategies.{name}.classes_per_batch" if p.strategies[name].classes_per_batch is not None else "train.classes_per_batch"
+    if facts.train_characters is not None:
+        # tripletml.training: rotations make 4 classes of a character, flips 2 of each
+        aug = s.augment
+        classes = facts.train_characters * (4 if aug.rotations else 1) * (2 if aug.flips else 1)
+        if per_batch > classes:
+            made = "".join([" x 4 rotations" if aug.rotations else "", " x 2 flips" if aug.flips else ""])
+            raise ParamsError(
+                f"{source}: {key} = {per_batch}: must be 2..{classes}, the training classes of strategies.{name}: "
+                f"{facts.train_characters} characters{made} ({facts.split_source})"
+            )
+    if s.sampler == "classes":
+        k = s.drawings_per_class()
+        if per_batch * k > MAX_IMAGES_PER_STEP:
+            raise ParamsError(
+                f"{source}: {key} = {per_batch}: {per_batch} classes x {k} drawings = {per_batch * k} images a step for "
+                f"strategies.{name}, above {MAX_IMAGES_PER_STEP}; must be 2..{MAX_IMAGES_PER_STEP // k}"
+            )
 
 
 def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:

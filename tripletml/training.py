@@ -24,19 +24,18 @@ import numpy as np
 import tensorflow as tf
 
 from tripletml import oneshot
-from tripletml.atomic import atomic_path, write_json
+from tripletml.atomic import write_json
 from tripletml.data import OmniglotSet
 from tripletml.distribute import replicas, split_batch
 from tripletml.embedder import make_embed_fn
-from tripletml.errors import TrainingError
+from tripletml.errors import ParamsError, TrainingError
 from tripletml.losses import TripletMarginLoss, collapse_reason
 from tripletml.miners import NEGATIVE_MINERS, get_miner, pairs_with_negative_class
 from tripletml.models import build_embedding
-from tripletml.params import ParamsError
+from tripletml.params import ModelParams, StrategySettings
 from tripletml.samplers import Batch, ClassSampler, TripletPairs, TripletSampler, augment_flips, augment_rotations
 
 CHECKPOINT_STATE = "state.json"
-CHECKPOINT_ARRAYS = "arrays.npz"
 
 
 @dataclass
@@ -76,11 +75,11 @@ class TrainResult:
         return h.hexdigest()
 
 
-def make_optimizer(settings: dict, total_steps: int) -> keras.optimizers.Optimizer:
-    lr = settings["learning_rate"]
-    if settings["lr_schedule"] == "cosine":
+def make_optimizer(settings: StrategySettings, total_steps: int) -> keras.optimizers.Optimizer:
+    lr = settings.learning_rate
+    if settings.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(total_steps, 1), alpha=0.01)
-    if settings["optimizer"] == "sgd":
+    if settings.optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
     return keras.optimizers.Adam(lr)  # Keras defaults otherwise, as the assignment used
 
@@ -158,8 +157,8 @@ class Trainer:
 
     def __init__(
         self,
-        settings: dict,
-        model_params: dict,
+        settings: StrategySettings,
+        model_params: ModelParams,
         train_set: OmniglotSet,
         val_set: OmniglotSet,
         test_set: OmniglotSet | None = None,
@@ -168,15 +167,14 @@ class Trainer:
         self.s = settings
         self.distribution = distribution
         _check_replica_split(settings, replicas(distribution))
-        self.name = settings["strategy"]
-        seed = int(settings["seed"])
+        self.name = settings.strategy
+        seed = int(settings.seed)
         keras.utils.set_random_seed(seed)  # same seed -> same initial weights for every strategy
         # bfloat16 compute (float32 weights) runs about 1.6x faster on CPUs with AVX512-BF16.
-        keras.mixed_precision.set_global_policy(settings.get("precision", "float32"))
+        keras.mixed_precision.set_global_policy(settings.precision)
         self.image_size = int(train_set.X.shape[-1])
-        options = {k: v for k, v in model_params.items() if k not in ("arch", "embedding_dim")}
-        if model_params["arch"] != "convnet":
-            options = {}
+        # convnet's own options (filters, blocks, ...); the assignment's archs take none
+        options = model_params.model_dump(exclude={"arch", "embedding_dim"}) if model_params.arch == "convnet" else {}
         scope = distribution.scope() if distribution is not None else contextlib.nullcontext()
         with scope:  # variables (weights, optimizer slots) become mirrored under a strategy
             self._build(settings, model_params, options, train_set, seed)
@@ -185,42 +183,44 @@ class Trainer:
         self.val_set, self.test_set = val_set, test_set
         self.val_tasks = (
             oneshot.sample_tasks(
-                val_set.c, val_set.n_characters, settings["n_way"], settings["val_tasks"], np.random.default_rng([seed, 1])
+                val_set.c, val_set.n_characters, settings.n_way, settings.val_tasks, np.random.default_rng([seed, 1])
             )
             if val_set is not None and val_set.n_characters
             else None
         )
         self.history: list[LoopRecord] = []
         self.best_loop, self.best_val = -1, -math.inf
-        self.best_weights: list[np.ndarray] | None = None
+        self._manager: tf.train.CheckpointManager | None = None
         self.train_seconds = 0.0
         self.start_loop = 0
         self.extra: dict = {}
 
-    def _build(self, settings: dict, model_params: dict, options: dict, train_set: OmniglotSet, seed: int) -> None:
+    def _build(self, settings: StrategySettings, model_params: ModelParams, options: dict, train_set: OmniglotSet, seed: int) -> None:
         dist = self.distribution
         self.embedding = build_embedding(
-            model_params["arch"], self.image_size, model_params.get("embedding_dim"), sync_batchnorm=dist is not None, **options
+            model_params.arch, self.image_size, model_params.embedding_dim, sync_batchnorm=dist is not None, **options
         )
         self.embed = make_embed_fn(self.embedding)
         X = train_set.X
-        if settings["augment"]["rotations"]:
+        if settings.augment.rotations:
             X = augment_rotations(X)
-        if settings["augment"].get("flips"):
+        if settings.augment.flips:
             X = augment_flips(X)
         self.X = X
         self.rng = np.random.default_rng(seed)
-        self.miner = get_miner(settings["miner"], settings["distance"])
+        self.miner = get_miner(settings.miner, settings.distance)
         self.sampler = make_sampler(settings, X, self.rng)
-        self.total_steps = settings["loops"] * settings["steps_per_loop"]
+        self.total_steps = settings.loops * settings.steps_per_loop
         self.optimizer = make_optimizer(settings, self.total_steps)
         self.optimizer.build(self.embedding.trainable_variables)
-        self.augmenter = make_augmenter(settings["augment"]["affine"], seed)
+        self.augmenter = make_augmenter(settings.augment.affine, seed)
+        # The best loop's weights, as variables so that the checkpoint holds them too.
+        self._best = [tf.Variable(w, trainable=False) for w in self.embedding.weights]
         loss = TripletMarginLoss(
-            settings["margin"], settings["soft_margin"], settings["distance"], getattr(self.miner, "reducer", "mean")
+            settings.margin, settings.soft_margin, settings.distance, getattr(self.miner, "reducer", "mean")
         )
         image_shape = (self.image_size, self.image_size, 1)
-        self._stepper = _Stepper(self.embedding, settings["sampler"], self.miner, loss, self.optimizer, self.augmenter, image_shape, dist)
+        self._stepper = _Stepper(self.embedding, settings.sampler, self.miner, loss, self.optimizer, self.augmenter, image_shape, dist)
         self._index_rule = self._stepper._indices  # the step's own triplet rule, for the report's examples
 
     # -- scoring ---------------------------------------------------------------------------
@@ -233,63 +233,61 @@ class Trainer:
         """The assignment's per-loop test: ``test_tasks`` 20-way tasks drawn afresh for every loop."""
         t = self.test_set
         return oneshot.sample_tasks(
-            t.c, t.n_characters, self.s["n_way"], self.s["test_tasks"], np.random.default_rng([int(self.s["seed"]), 2, loop])
+            t.c, t.n_characters, self.s.n_way, self.s.test_tasks, np.random.default_rng([int(self.s.seed), 2, loop])
         )
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def _state_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {f"w{i}": w for i, w in enumerate(self.embedding.get_weights())}
-        arrays.update({f"o{i}": v.numpy() for i, v in enumerate(self.optimizer.variables)})
-        if self.augmenter is not None:
-            arrays.update({f"a{i}": w for i, w in enumerate(self.augmenter.get_weights())})
-        for i, w in enumerate(self.best_weights or []):
-            arrays[f"b{i}"] = w
-        return arrays
+    def _checkpoint(self) -> tf.train.Checkpoint:
+        parts = {"model": self.embedding, "optimizer": self.optimizer, "best": self._best}
+        if self.augmenter is not None:  # its random layers carry seed-generator state
+            parts["augmenter"] = self.augmenter
+        return tf.train.Checkpoint(**parts)
 
     def save_checkpoint(self, folder: str | Path) -> None:
-        """Everything needed to resume after the last finished loop, written atomically."""
+        """Everything needed to resume after the last finished loop.
+
+        Weights, optimizer slots and the best loop's weights go to a ``tf.train.Checkpoint``;
+        the sampler's RNG state and the history to ``state.json`` beside it, written last and
+        naming its checkpoint, so a kill at any moment leaves the previous loop's pair whole.
+        """
         folder = Path(folder)
-        with atomic_path(folder / CHECKPOINT_ARRAYS) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **self._state_arrays())
+        if self._manager is None or Path(self._manager.directory) != folder:
+            self._manager = tf.train.CheckpointManager(self._checkpoint(), str(folder), max_to_keep=2)
+        path = self._manager.save(checkpoint_number=len(self.history))
         state = {
+            "checkpoint": Path(path).name,
             "next_loop": len(self.history),
             "history": [r.as_dict() for r in self.history],
             "best_loop": self.best_loop,
             "best_val": self.best_val,
             "train_seconds": self.train_seconds,
             "rng": self.rng.bit_generator.state,
-            "settings": self.s,
+            "settings": self._settings_json(),
             "extra": self.extra,
         }
-        # The state file is written last: it names a complete arrays file.
         write_json(folder / CHECKPOINT_STATE, json.loads(json.dumps(state, default=_json_default)))
 
     def load_checkpoint(self, folder: str | Path) -> bool:
         """Resume from ``folder`` if it holds a checkpoint of the same settings."""
         folder = Path(folder)
         state_file = folder / CHECKPOINT_STATE
-        if not state_file.is_file() or not (folder / CHECKPOINT_ARRAYS).is_file():
+        if not state_file.is_file():
             return False
         state = json.loads(state_file.read_text())
-        if state["settings"] != json.loads(json.dumps(self.s, default=_json_default)):
-            return False  # params changed: start afresh
-        with np.load(folder / CHECKPOINT_ARRAYS) as z:
-            n_w = len(self.embedding.weights)
-            self.embedding.set_weights([z[f"w{i}"] for i in range(n_w)])
-            for i, v in enumerate(self.optimizer.variables):
-                v.assign(z[f"o{i}"])
-            if self.augmenter is not None:
-                self.augmenter.set_weights([z[f"a{i}"] for i in range(len(self.augmenter.weights))])
-            self.best_weights = [z[f"b{i}"] for i in range(n_w)] if "b0" in z else None
+        if state.get("settings") != self._settings_json() or "checkpoint" not in state:
+            return False  # params changed (or an older format): start afresh
+        self._checkpoint().restore(str(folder / state["checkpoint"])).assert_existing_objects_matched()
         self.history = [LoopRecord(**r) for r in state["history"]]
         self.best_loop, self.best_val = state["best_loop"], state["best_val"]
         self.train_seconds = state["train_seconds"]
         self.rng.bit_generator.state = state["rng"]
         self.extra = state.get("extra", {})
-        self.start_loop = state["next_loop"]
+        self.start_loop = len(self.history)
         return True
+
+    def _settings_json(self) -> dict:
+        return self.s.model_dump(mode="json")
 
     # -- one step --------------------------------------------------------------------------
 
@@ -334,7 +332,7 @@ class Trainer:
 
     def _record_examples(self, batch: Batch, loop: int, n: int = 8) -> None:
         """Keep a few mined triplets of the first and last loop, for the report."""
-        if loop not in (0, self.s["loops"] - 1):
+        if loop not in (0, self.s.loops - 1):
             return
         triplets = self.mined(batch)
         rows = np.unique(np.linspace(0, len(triplets) - 1, n).astype(int)) if len(triplets) else np.zeros(0, int)
@@ -351,12 +349,12 @@ class Trainer:
         progress: bool = False,
     ) -> TrainResult:
         s = self.s
-        for loop in range(self.start_loop, s["loops"]):
+        for loop in range(self.start_loop, s.loops):
             t0 = time.perf_counter()
             losses = []
-            steps = range(s["steps_per_loop"])
+            steps = range(s.steps_per_loop)
             if progress:
-                steps = progress_bar(steps, f"{self.name} loop {loop + 1}/{s['loops']}")
+                steps = progress_bar(steps, f"{self.name} loop {loop + 1}/{s.loops}")
             for i in steps:
                 batch = self.sample()
                 if i == 0:  # before the step: the triplets this very step trains on
@@ -373,19 +371,20 @@ class Trainer:
                 test_acc, test_emb = self.score(self.test_set, self.loop_test_tasks(loop))
                 emb = test_emb if emb is None else emb  # the collapse check only stops training: any set will do
             if emb is not None:
-                reason = collapse_reason(emb[np.isfinite(emb).all(axis=-1)], loss, s["margin"])
+                reason = collapse_reason(emb[np.isfinite(emb).all(axis=-1)], loss, s.margin)
                 if reason:
                     raise TrainingError(f"{self.name}: the embedding collapsed at loop {loop + 1} ({reason}); stopping")
-            record = LoopRecord(loop + 1, loss, val_acc, test_acc, seconds, s["steps_per_loop"])
+            record = LoopRecord(loop + 1, loss, val_acc, test_acc, seconds, s.steps_per_loop)
             self.history.append(record)
             if val_acc is None or val_acc > self.best_val:  # ties keep the earlier loop; no validation: the last
                 self.best_val, self.best_loop = (-math.inf if val_acc is None else val_acc), loop + 1
-                self.best_weights = self.embedding.get_weights()
+                for kept, w in zip(self._best, self.embedding.weights):
+                    kept.assign(w)
             if on_loop is not None:
                 on_loop(record)
             if checkpoint_dir is not None:
                 self.save_checkpoint(checkpoint_dir)
-        self.embedding.set_weights(self.best_weights)
+        self.embedding.set_weights([w.numpy() for w in self._best])
         best_val = None if self.val_tasks is None else self.best_val
         return TrainResult(self.embedding, self.history, self.best_loop, best_val, self.train_seconds, self.total_steps, self.extra)
 
@@ -399,29 +398,29 @@ def progress_bar(steps, desc: str):
     return tqdm(steps, desc=desc, leave=False, disable=not sys.stderr.isatty())
 
 
-def make_sampler(settings: dict, X: np.ndarray, rng: np.random.Generator) -> TripletSampler | ClassSampler:
+def make_sampler(settings: StrategySettings, X: np.ndarray, rng: np.random.Generator) -> TripletSampler | ClassSampler:
     """The strategy's sampler from its effective settings (``params.strategy(name)``)."""
-    if settings["sampler"] == "triplets":
-        return TripletSampler(X, settings["batch_size"], rng)
+    if settings.sampler == "triplets":
+        return TripletSampler(X, settings.batch_size, rng)
     n_draw = X.shape[1]
-    k = settings.get("samples_per_class") or (n_draw if settings["miner"] in NEGATIVE_MINERS else 4)
-    if settings["miner"] == "hard" and k != n_draw:
+    k = settings.drawings_per_class(n_draw)
+    if settings.miner == "hard" and k != n_draw:
         raise ValueError(
             f"samples_per_class = {k}: hard takes the nearest of every drawing of the negative class, "
             f"so a class batch holds all {n_draw} drawings of each class; leave it unset"
         )
-    return ClassSampler(X, settings["classes_per_batch"], k, rng, draws=settings["miner"] in NEGATIVE_MINERS)
+    return ClassSampler(X, settings.classes_per_batch, k, rng, draws=settings.miner in NEGATIVE_MINERS)
 
 
-def _check_replica_split(settings: dict, n_replicas: int) -> None:
+def _check_replica_split(settings: StrategySettings, n_replicas: int) -> None:
     """Every replica gets whole triplets (or whole classes): the global batch must split evenly."""
     if n_replicas == 1:
         return
-    key = "classes_per_batch" if settings["sampler"] == "classes" else "batch_size"
-    if settings[key] % n_replicas:
+    key = "classes_per_batch" if settings.sampler == "classes" else "batch_size"
+    if getattr(settings, key) % n_replicas:
         raise ParamsError(
-            f"{key} = {settings[key]} (train.{key}, or strategies.{settings['strategy']}.{key} where set): must be a multiple of the "
-            f"{n_replicas} replicas of train.distribute = {settings.get('distribute')!r}"
+            f"{key} = {getattr(settings, key)} (train.{key}, or strategies.{settings.strategy}.{key} where set): must be a multiple of the "
+            f"{n_replicas} replicas of train.distribute = {settings.distribute!r}"
         )
 
 
@@ -434,8 +433,8 @@ def _json_default(obj):
 
 
 def train(
-    settings: dict,
-    model_params: dict,
+    settings: StrategySettings,
+    model_params: ModelParams,
     train_set: OmniglotSet,
     val_set: OmniglotSet,
     test_set: OmniglotSet | None = None,
@@ -443,7 +442,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     progress: bool = False,
 ) -> TrainResult:
-    """Train a fresh model with ``settings["strategy"]``; resume from ``checkpoint_dir`` if it holds one."""
+    """Train a fresh model with ``settings.strategy``; resume from ``checkpoint_dir`` if it holds one."""
     trainer = Trainer(settings, model_params, train_set, val_set, test_set)
     if checkpoint_dir is not None:
         trainer.load_checkpoint(checkpoint_dir)
