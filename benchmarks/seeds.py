@@ -29,9 +29,9 @@ COLUMNS = ["seed", "strategy", "test_acc20", "within_acc20", "assignment_best_ac
 
 def rows(seed: int) -> list[dict]:
     """One row per strategy (and the ensemble) from the workspace's metrics files."""
-    evaluate = json.loads(Path("metrics/evaluate.json").read_text())
     out = []
-    for strategy, ev in evaluate.items():
+    for path in sorted(Path("metrics/evaluate").glob("*.json")):
+        strategy, ev = path.stem, json.loads(path.read_text())
         train = Path("metrics/train") / f"{strategy}.json"
         best = json.loads(train.read_text()).get("assignment_best_acc20") if train.is_file() else None
         out.append({"seed": seed, "strategy": strategy, "test_acc20": ev["test_acc20"], "within_acc20": ev["within_acc20"],

@@ -1,8 +1,8 @@
 """Stage `evaluate`: score every strategy's chosen model on the same 20-way test tasks.
 
-Writes metrics/evaluate.json (accuracy with 95% Wilson intervals, across alphabets,
-within alphabets, on 250 tasks, and on Lake et al.'s 20 official runs) for each strategy
-and for their ``ensemble`` (the strategies' embeddings concatenated), and
+Writes metrics/evaluate/<strategy>.json (accuracy with 95% Wilson intervals, across
+alphabets, within alphabets, on 250 tasks, and on Lake et al.'s 20 official runs) for each
+strategy and for their ``ensemble`` (the strategies' embeddings concatenated), and
 data/evaluate/predictions.npz (every task and each model's pick, for the paired tests).
 """
 
@@ -18,6 +18,7 @@ from tripletml.atomic import atomic_path, ensure_writable, write_json
 from tripletml.data import DataError, load_prepared
 
 PREDICTIONS = Path("data/evaluate/predictions.npz")
+METRICS = Path("metrics/evaluate")  # <strategy>.json: one row each in `dvc metrics show`
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
         if not (d / "embedding.keras").is_file():
             raise DataError(f"{d}/embedding.keras: missing (run `dvc repro train_{s}`)")
     runs = lake_runs.read_lake_runs(Path(p.data.raw_dir) / "all_runs.zip")  # test data: scored, never used to choose
-    ensure_writable("metrics", PREDICTIONS.parent)
+    ensure_writable(METRICS, PREDICTIONS.parent)
 
     from tripletml.embedder import load_embedder
 
@@ -76,7 +77,8 @@ def main() -> None:
     with atomic_path(PREDICTIONS) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-    write_json("metrics/evaluate.json", metrics)
+    for s, row in metrics.items():
+        write_json(METRICS / f"{s}.json", row)
     tracking.LiveRun("evaluate").finish()  # an observer: a lost MLflow store costs a warning, never the stage
 
 

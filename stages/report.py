@@ -23,7 +23,7 @@ SEED_RUNS = Path("docs/seed_runs.csv")  # the default run at other seeds (benchm
 def main() -> None:
     p = common.params()
     names = common.strategies(p)
-    evaluate = report.load_evaluate("metrics/evaluate.json")
+    evaluate = report.load_evaluate("metrics/evaluate", names)
     train = report.load_train_metrics("metrics/train", names)
     histories = report.load_histories("metrics/history", names)
     predictions = report.load_predictions("data/evaluate/predictions.npz")

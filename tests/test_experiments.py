@@ -55,7 +55,7 @@ def test_queued_experiments_run_offline_from_the_cache(tmp_path):
     assert {"short", "wide"} <= set(exps)
     for name in ("short", "wide"):
         metrics = exps[name]["data"]["metrics"]
-        assert "test_acc20" in metrics["metrics/evaluate.json"]["data"]["random"], metrics.keys()
+        assert "test_acc20" in metrics["metrics/evaluate/random.json"]["data"], metrics.keys()
 
     import mlflow
 

@@ -30,8 +30,8 @@ DESIGN = {
     "batch_all": ("classes", "batch_all"),
 }
 STRATEGIES = list(DESIGN)
-ROWS = [*STRATEGIES, "ensemble"]  # evaluate.json also has the ensemble, which has no train metrics
-# Lake's 20 runs: some strategies have no figure (absent from evaluate.json -> NaN).
+ROWS = [*STRATEGIES, "ensemble"]  # metrics/evaluate also has the ensemble, which has no train metrics
+# Lake's 20 runs: some strategies have no figure (absent from metrics/evaluate -> NaN).
 LAKE = {"random": 88.0, "hard": 93.1, "hard_classes": 80.0, "ensemble": 97.0}
 PAIRS = [
     ("miner", "sampler triplets", "hard", "random"),
@@ -231,7 +231,7 @@ def test_comparison_table_columns_and_design():
     assert list(table.columns) == list(report.TABLE_COLUMNS)
     assert list(table.columns[:3]) == ["strategy", "sampler", "miner"]
     assert {"lake20_acc", "assignment_best_acc20"} <= set(table.columns)
-    assert list(table["strategy"]) == ROWS  # evaluate.json's order
+    assert list(table["strategy"]) == ROWS  # metrics/evaluate's order
     design = {r.strategy: (r.sampler, r.miner) for r in table.itertuples()}
     assert design == {**DESIGN, "ensemble": ("", "")}
     by = table.set_index("strategy")
@@ -445,8 +445,10 @@ def test_write_report_atomic_and_roundtrip(tmp_path):
 
 
 def test_loaders(tmp_path):
-    (tmp_path / "evaluate.json").write_text(json.dumps(_evaluate()))
-    assert list(report.load_evaluate(tmp_path / "evaluate.json")) == ROWS
+    (tmp_path / "evaluate").mkdir()
+    for s, row in _evaluate().items():
+        (tmp_path / "evaluate" / f"{s}.json").write_text(json.dumps(row))
+    assert list(report.load_evaluate(tmp_path / "evaluate", STRATEGIES)) == ROWS  # the pipeline's order, the ensemble last
     (tmp_path / "train").mkdir()
     (tmp_path / "history").mkdir()
     for i, s in enumerate(STRATEGIES):
@@ -467,9 +469,11 @@ def test_loaders(tmp_path):
     assert np.array_equal(loaded["pred_hard"], pred["pred_hard"])
     with pytest.raises(DataError, match="missing.json"):
         report.load_mined(tmp_path / "missing.json")
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(DataError, match="bad.json"):
-        report.load_evaluate(tmp_path / "bad.json")
+    (tmp_path / "evaluate" / "hard.json").write_text("{")
+    with pytest.raises(DataError, match=r"evaluate/hard\.json: not valid JSON"):
+        report.load_evaluate(tmp_path / "evaluate", STRATEGIES)
+    with pytest.raises(DataError, match=r"evaluate/semi_hard\.json"):
+        report.load_evaluate(tmp_path / "evaluate", ["semi_hard"])
 
 
 # ----------------------------------------------------------------------------- figures

@@ -91,7 +91,8 @@ def workspace(root: Path, name: str, strategy: str = "hard", loops: int = 3) -> 
     (root / "metrics" / "train").mkdir()
     summary = {"strategy": strategy, "final_loss": 0.25, "best_loop": 2, "best_val_acc20": None, "loops": loops}
     (root / "metrics" / "train" / f"{strategy}.json").write_text(json.dumps(summary))
-    (root / "metrics" / "evaluate.json").write_text(json.dumps({strategy: {"test_acc20": 80.0, "tasks": 40}}))
+    (root / "metrics" / "evaluate").mkdir()
+    (root / "metrics" / "evaluate" / f"{strategy}.json").write_text(json.dumps({"test_acc20": 80.0, "within_acc20": 40.0}))
     (root / "reports").mkdir()
     (root / "reports" / "comparison.csv").write_text(f"strategy,test_acc20\n{strategy},80.0\n")
     (root / "reports" / "comparison.md").write_text("| strategy |\n")
@@ -284,9 +285,9 @@ def test_sync_logs_every_stage_from_its_outputs_once(ws, store, capsys):
     assert signature.outputs.inputs[0].shape == (-1, 16) and signature.outputs.inputs[0].type == np.dtype(np.float32)
     versions = c.search_model_versions("name = 'tripletml-hard'")
     assert train.info.run_id in {v.run_id for v in versions}
-    assert evaluate.data.metrics == {"hard_test_acc20": 80.0, "hard_tasks": 40.0}
+    assert evaluate.data.metrics == {"hard_test_acc20": 80.0, "hard_within_acc20": 40.0}
     assert evaluate.data.params == {"evaluate.tasks": "40", "evaluate.n_way": "5"}
-    assert [a.path for a in c.list_artifacts(evaluate.info.run_id)] == ["evaluate.json"]
+    assert [a.path for a in c.list_artifacts(evaluate.info.run_id)] == ["hard.json"]
     assert report.data.metrics == {"hard_test_acc20": 80.0}
     assert {a.path for a in c.list_artifacts(report.info.run_id)} == {"comparison.csv", "comparison.md", "accuracy.png"}
 

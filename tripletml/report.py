@@ -5,7 +5,7 @@ Everything here reads files other stages wrote (metrics JSON/CSV, the evaluation
 predictions, the hard strategy's mined triplets) and writes plain files atomically, so
 the report can be rebuilt on its own without a model, a GPU or TensorFlow.
 
-Accuracies are percents throughout (as in ``metrics/evaluate.json``); the statistics
+Accuracies are percents throughout (as in ``metrics/evaluate/<strategy>.json``); the statistics
 come from :mod:`tripletml.oneshot` so the report and the evaluation agree exactly.
 """
 
@@ -103,12 +103,16 @@ def _read_json(path: PathLike, stage: str) -> Any:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def load_evaluate(path: PathLike) -> dict[str, dict]:
-    """``metrics/evaluate.json`` as {strategy: metrics}, in the file's (pipeline) order."""
-    data = _read_json(path, "evaluate")
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise DataError(f"{path}: expected an object of {{strategy: {{metric: value}}}}")
-    return data
+def load_evaluate(folder: PathLike, strategies: Sequence[str]) -> dict[str, dict]:
+    """``<folder>/<strategy>.json`` (``metrics/evaluate``) as {strategy: metrics}, for each of
+    ``strategies`` and the ensemble, in that order."""
+    out = {}
+    for s in [*strategies, "ensemble"]:
+        data = _read_json(Path(folder) / f"{s}.json", "evaluate")
+        if not isinstance(data, dict):
+            raise DataError(f"{Path(folder) / f'{s}.json'}: expected an object of {{metric: value}}")
+        out[s] = data
+    return out
 
 
 def load_train_metrics(folder: PathLike, strategies: Sequence[str]) -> dict[str, dict]:

@@ -198,9 +198,9 @@ def _outputs(stage: str) -> dict[str, Any]:
                    metrics=_loop_metrics(_read(f"metrics/history/{s}.csv")) + [(k, v, 0) for k, v in summary],
                    inputs=[prepared / f"{split}.npz" for split in SPLIT_CONTEXT])  # fmt: skip
     elif stage == "evaluate":
-        rows = _read("metrics/evaluate.json").items()
-        out.update(params=flatten({"evaluate": params["evaluate"]}), files=[Path("metrics/evaluate.json")],
-                   metrics=[(f"{s}_{k}", v, 0) for s, row in rows for k, v in row.items()], inputs=[prepared / "test.npz"])  # fmt: skip
+        files = sorted(Path("metrics/evaluate").glob("*.json"))  # one per strategy and the ensemble
+        out.update(params=flatten({"evaluate": params["evaluate"]}), files=files, inputs=[prepared / "test.npz"],
+                   metrics=[(f"{f.stem}_{k}", v, 0) for f in files for k, v in _read(f).items()])  # fmt: skip
     elif stage == "report":
         out.update(metrics=[(f"{r['strategy']}_test_acc20", r["test_acc20"], 0) for r in _read("reports/comparison.csv")],
                    files=sorted(Path("reports").glob("comparison.*")) + sorted(Path("reports").glob("*.png")))  # fmt: skip
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: MLflow store {uri} unreachable: {' '.join(str(exc).split())[:200]}", file=sys.stderr)
         return 1
     stages = args.stages or [f"train_{f.stem}" for f in sorted(Path("metrics/history").glob("*.csv"))] + [
-        s for s, f in (("evaluate", "metrics/evaluate.json"), ("report", "reports/comparison.csv")) if Path(f).is_file()]
+        s for s, f in (("evaluate", "metrics/evaluate"), ("report", "reports/comparison.csv")) if Path(f).exists()]
     status = 0
     for stage in stages:
         try:
