@@ -250,7 +250,7 @@ def test_prepare_stage_without_zips_says_where_to_put_them(tmp_path):
     )
     assert res.returncode == 1
     assert "images_background.zip" in res.stderr and "data/raw/" in res.stderr
-    assert not (work / "data" / "prepared").exists()
+    assert not any((work / "data" / "prepared").glob("*")), "nothing written"
 
 
 def test_no_validation_alphabets_trains_on_every_background_alphabet():
@@ -261,3 +261,13 @@ def test_no_validation_alphabets_trains_on_every_background_alphabet():
     assert val.n_characters == 0 and val.alphabets == []
     with pytest.raises(ValueError, match=r"out of range \(0\.\.2\)"):
         data.split_train_val(background, 3, seed=0)
+
+
+def test_prepare_with_validation_alphabets_the_data_lack_is_one_line(tmp_path):
+    work = _stage_repo(tmp_path)
+    (work / "params.yaml").write_text("data:\n  image_size: 28\n  validation_alphabets: [Alpha1, Klingon]\n")
+    res = _prepare(work)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data.validation_alphabets: unknown alphabet(s) ['Klingon']" in lines[0], res.stderr
+    assert not any((work / "data" / "prepared").glob("*")), "nothing written"

@@ -250,17 +250,15 @@ def validation_alphabets(
     alphabets = sorted(alphabets)
     if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
         if not 0 <= spec < len(alphabets):
-            raise ValueError(
-                f"data.validation_alphabets: {spec} is out of range (0..{len(alphabets) - 1})"
-            )
+            raise DataError(f"data.validation_alphabets: {spec} is out of range (0..{len(alphabets) - 1})")
         rng = np.random.default_rng(seed)
         return sorted(rng.choice(alphabets, size=int(spec), replace=False).tolist())
     names = list(spec)
     unknown = [a for a in names if a not in alphabets]
     if unknown:
-        raise ValueError(f"data.validation_alphabets: unknown alphabet(s) {unknown}")
+        raise DataError(f"data.validation_alphabets: unknown alphabet(s) {unknown}; the background set has {', '.join(alphabets)}")
     if not names or len(set(names)) == len(alphabets):
-        raise ValueError("data.validation_alphabets: must hold out at least one and not all alphabets")
+        raise DataError("data.validation_alphabets: must hold out at least one and not all alphabets")
     return sorted(set(names))
 
 
