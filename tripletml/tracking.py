@@ -152,7 +152,7 @@ class LiveRun:
             self.key, (client, self.experiment_id) = pipeline_tag(), connect(self.uri)
             self.run_id = _open_run(client, self.experiment_id, stage, self.key, unfinished_only=True)
             self.have = _held(client, self.run_id)
-            _log(client, self.run_id, flatten(json.loads(json.dumps(flatten(params or {}), default=str))), [], self.have)
+            _log(client, self.run_id, flatten(params or {}), [], self.have)  # values logged as str()
             self.client = client
         except Exception as exc:  # noqa: BLE001 - whatever the store does, the stage goes on
             self._lost(exc)
