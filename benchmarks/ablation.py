@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--val-tasks", type=int, default=1000, help="20-way validation tasks per loop (default 1000)")
     ap.add_argument("--out", default="docs/ablation.csv")
+    ap.add_argument("--save", metavar="DIR", help="also save the chosen model there (models/<strategy> layout)")
     args = ap.parse_args()
 
     raw = yaml.safe_load(Path(args.params).read_text(encoding="utf-8")) or {}
@@ -85,6 +86,10 @@ def main() -> None:
 
     result = train(settings, params.model, train_set, val_set, None, on_loop=on_loop)
     within = within_accuracy(result.embedding, val_set, args.val_tasks, settings.n_way, settings.seed)
+    if args.save:
+        from tripletml.embedder import save_embedder
+
+        save_embedder(args.save, result.embedding, {"image_size": params.data.image_size, "label": args.label})
     row = {
         "label": args.label,
         "strategy": args.strategy,

@@ -255,3 +255,24 @@ def test_schroff_sees_the_same_functions_with_paper_or_ink_high():
     conv.set_weights([-w, b + w.sum(axis=(0, 1, 2))])
     x = (_images(4, 38) > 0.7).astype(np.float32)  # binary strokes, as at 105 px
     np.testing.assert_allclose(paper.predict(1.0 - x, verbose=0), ink.predict(x, verbose=0), atol=2e-5)
+
+
+def test_residual_convnet_adds_its_shortcut_and_reloads(tmp_path):
+    from tripletml.models import ResidualBlock
+
+    model = build_embedding("convnet", 28, 16, filters=[8, 8, 16], blocks=3, residual=True, pool_padding="same")
+    blocks = [layer for layer in model.layers if isinstance(layer, ResidualBlock)]
+    assert [b.filters for b in blocks] == [8, 8, 16] and model.output_shape == (None, 16)
+    # kernels + BN gammas and betas: two of each, plus a 1x1 projection's only where the width changes (1 -> 8, 8 -> 16)
+    assert [len(b.trainable_weights) for b in blocks] == [2 * 3 + 3, 2 * 3, 2 * 3 + 3]
+    assert min_image_size("convnet", blocks=3, residual=True) == min_image_size("convnet", blocks=3)
+    # With both convs zeroed the residual branch is BN(0) = 0 at fresh statistics, so the identity block is ReLU(x).
+    same = blocks[1]
+    for conv in (same.conv_a, same.conv_b):
+        conv.kernel.assign(np.zeros(conv.kernel.shape, np.float32))
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 8)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(same(x, training=False)), np.maximum(x, 0), atol=1e-5)
+    model(_images(6, 28), training=True)  # moves the moving averages
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(again.predict(_images(3, 28, seed=1), verbose=0), model.predict(_images(3, 28, seed=1), verbose=0), atol=1e-6)

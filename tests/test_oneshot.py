@@ -251,3 +251,27 @@ def test_mcnemar_exact():
     assert same == {"b": 0, "c": 0, "p_value": 1.0}
     with pytest.raises(ValueError):
         mcnemar_exact(a, b[:-1])
+
+
+def test_centring_on_candidates_removes_what_they_share_and_can_change_the_pick():
+    from tripletml.oneshot import centre_on_candidates, predict_tasks
+
+    rng = np.random.default_rng(0)
+    q, s = rng.normal(size=(7, 5)), rng.normal(size=(7, 4, 5))
+    cq, cs = centre_on_candidates(q, s)
+    np.testing.assert_allclose(np.linalg.norm(cq, axis=-1), 1.0)
+    np.testing.assert_allclose(np.linalg.norm(cs, axis=-1), 1.0)
+    shared = rng.normal(size=(7, 1, 5))  # one vector per task, added to its query and candidates
+    for got, want in zip(centre_on_candidates(q + shared[:, 0], s + shared), (cq, cs)):
+        np.testing.assert_allclose(got, want, atol=1e-12)
+    # Worked by hand: candidates (0, 1), (0, -1), (0.5, 0), query (0.4, 0.3). Plainly nearest: (0.5, 0);
+    # about the candidates' mean (1/6, 0), the query points up like (0, 1).
+    table = np.zeros((3, 2, 2))
+    table[0, 0], table[0, 1], table[1, 1], table[2, 1] = (0.4, 0.3), (0, 1), (0, -1), (0.5, 0)
+    tasks = OneShotTasks(
+        query_char=np.array([0]), query_drawing=np.array([0]), support_chars=np.array([[0, 1, 2]]),
+        support_drawings=np.array([[1, 1, 1]]), target=np.array([0]), N=3, mode="across",
+    )  # fmt: skip
+    assert predict_tasks(table, tasks).tolist() == [2]
+    assert predict_tasks(table, tasks, centre=True).tolist() == [0]
+    assert evaluate_tasks(table, tasks, centre=True).tolist() == [True]

@@ -394,7 +394,7 @@ def test_every_numeric_key_refuses_zero_negative_huge_and_wrong_type(key, prepar
     [
         (["train.py", "--strategy", "random"], {"train": {"classes_per_batch": 100000, "augment": {"rotations": True}}},
          "train.classes_per_batch = 100000: must be 2..3344"),
-        (["evaluate.py"], {"model": {"filters": 10**9}}, "model.filters = 1000000000: must be an integer 1..1024"),
+        (["evaluate.py"], {"model": {"filters": 10**9}}, "model.filters = 1000000000: must be a width 1..1024"),
     ],
     ids=["train", "evaluate"],
 )
@@ -413,3 +413,13 @@ def test_a_stage_refuses_bad_params_in_one_line_before_importing_tensorflow(tmp_
     other = [line for line in res.stderr.splitlines() if not line.startswith("import time:")]
     assert other == [f"error: bad.yaml: {other[0].split('bad.yaml: ', 1)[-1]}"] and expected in other[0], other
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"], "nothing written"
+
+
+def test_filters_take_one_width_per_block_and_say_so_when_they_do_not_fit():
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    ok = validate_params(apply_overrides(base, {"model.filters": [64, 96, 128, 256], "model.residual": True}))
+    assert ok.model.filters == [64, 96, 128, 256] and ok.model.residual
+    assert _error(apply_overrides(base, {"model.filters": [64, 96]})) == (
+        "params.yaml: model.filters gives 2 widths but model.blocks = 4: give one per block"
+    )
+    assert "model.filters = [64, 0]: must be a width 1..1024" in _error(apply_overrides(base, {"model.filters": [64, 0], "model.blocks": 2}))

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 #   ("pool", padding)  2x2 max pool, stride 2; "valid" (Keras default) drops an odd last row
 #                      and column, "same" pads them so that every position reaches the output
 #   ("bn",) ("relu",) ("dropout", rate) ("flatten",) ("l2norm",)
+#   ("resblock", filters)  two 3x3 same convs with BatchNorm and a shortcut (models.ResidualBlock)
 #   ("dense", units, activation, l2)
 
 
@@ -80,6 +81,7 @@ def _convnet(
     dropout: float = 0.0,
     pool_padding: str = "valid",
     final_pool: bool = True,
+    residual: bool = False,
 ) -> list:
     """``blocks`` x (conv 3x3 same, BN, ReLU, pool); ``filters`` is one width for all
     blocks or one per block (then ``blocks`` defaults to its length, else 4).
@@ -89,7 +91,8 @@ def _convnet(
     last two pools see 36 of 49 and 4 of 9 positions. ``"same"`` keeps them all
     (28-14-7-4-2: a 2x2x64 feature) for a few percent more compute. ``final_pool=False``
     leaves the last block's map unpooled (same padding at 28 px: a 4x4x64 feature), at the
-    same conv cost.
+    same conv cost. ``residual=True`` makes each block a residual block (two 3x3 convs
+    with BatchNorm and a shortcut, then ReLU and the pool): twice the convs, the same sizes.
     """
     if pool_padding not in ("valid", "same"):
         raise ValueError(f"convnet: pool_padding must be 'valid' or 'same', got {pool_padding!r}")
@@ -105,8 +108,10 @@ def _convnet(
         raise ValueError(f"convnet: dropout must be in [0, 1), got {dropout}")
     spec = []
     for i, w in enumerate(widths):
-        # No conv bias: the BatchNorm right after has its own shift.
-        spec += [_conv(w, 3, padding="same", activation=None), ("bn",), ("relu",)]
+        if residual:
+            spec.append(("resblock", w))
+        else:  # no conv bias: the BatchNorm right after has its own shift
+            spec += [_conv(w, 3, padding="same", activation=None), ("bn",), ("relu",)]
         if final_pool or i < len(widths) - 1:
             spec.append(("pool", pool_padding))
     spec.append(("flatten",))

@@ -135,6 +135,52 @@ class FusedBatchNormalization(layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
+@keras.saving.register_keras_serializable(package="tripletml")
+class ResidualBlock(keras.layers.Layer):
+    """ReLU(BN(conv3(ReLU(BN(conv3(x))))) + shortcut(x)), every conv 3x3 same-padded.
+
+    The shortcut is x itself when the widths agree, else a 1x1 conv and BatchNorm (He et
+    al. 2016's projection). The spatial size is kept; pooling follows as a separate layer.
+    """
+
+    def __init__(self, filters: int, sync_batchnorm: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.sync_batchnorm = bool(sync_batchnorm)
+
+        def conv(k: int, name: str) -> layers.Conv2D:
+            return layers.Conv2D(self.filters, k, padding="same", use_bias=False, name=name, dtype=self.dtype_policy)
+
+        def bn(name: str) -> FusedBatchNormalization:
+            return FusedBatchNormalization(synchronized=self.sync_batchnorm, name=name, dtype=self.dtype_policy)
+
+        self.conv_a, self.bn_a = conv(3, "conv_a"), bn("bn_a")
+        self.conv_b, self.bn_b = conv(3, "conv_b"), bn("bn_b")
+        self.project, self.bn_project = conv(1, "project"), bn("bn_project")
+
+    def build(self, input_shape):
+        self._projects = input_shape[-1] != self.filters
+        self.conv_a.build(input_shape)
+        inner = (*input_shape[:-1], self.filters)
+        for layer in (self.bn_a, self.conv_b, self.bn_b):
+            layer.build(inner)
+        if self._projects:
+            self.project.build(input_shape)
+            self.bn_project.build(inner)
+
+    def call(self, x, training=None):
+        y = ops.relu(self.bn_a(self.conv_a(x), training=training))
+        y = self.bn_b(self.conv_b(y), training=training)
+        shortcut = self.bn_project(self.project(x), training=training) if self._projects else x
+        return ops.relu(y + ops.cast(shortcut, y.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.filters)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": self.filters, "sync_batchnorm": self.sync_batchnorm}
+
+
 # --------------------------------------------------------------------------------
 # Builders.
 
@@ -150,6 +196,8 @@ def _make_layer(op: tuple, name: str, sync_batchnorm: bool = False) -> keras.lay
             use_bias=activation is not None,
             kernel_regularizer=keras.regularizers.L2(l2) if l2 else None, name=name,
         )  # fmt: skip
+    if kind == "resblock":
+        return ResidualBlock(op[1], sync_batchnorm=sync_batchnorm, name=name)
     if kind == "pool":
         return layers.MaxPooling2D(padding=op[1], name=name)
     if kind == "bn":

@@ -38,6 +38,7 @@ __all__ = [
     "sample_tasks",
     "embed_set",
     "predict_tasks",
+    "centre_on_candidates",
     "evaluate_tasks",
     "wilson_interval",
     "mcnemar_exact",
@@ -246,8 +247,28 @@ def support_sq_distances(query: np.ndarray, support: np.ndarray) -> np.ndarray:
     return np.einsum("tnd,tnd->tn", diff, diff)
 
 
-def predict_tasks(embeddings: np.ndarray, tasks: OneShotTasks) -> np.ndarray:
-    """(k,) support position nearest to each query (first one on ties)."""
+def centre_on_candidates(query: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(t, D), (t, N, D) -> the same, moved by each task's mean candidate and put back on the unit sphere.
+
+    A task's candidates share what their whole set has in common (within one alphabet: its
+    style); subtracting their mean leaves what tells them apart, and renormalising compares
+    those directions (cosine about the task's centre). A shift alone would change no distance.
+    The query plays no part in the mean, so a task is scored from what it gives.
+    """
+    centre = support.mean(axis=1, keepdims=True)
+    q, s = query - centre[:, 0], support - centre
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+    return unit(q), unit(s)
+
+
+def predict_tasks(embeddings: np.ndarray, tasks: OneShotTasks, centre: bool = False) -> np.ndarray:
+    """(k,) support position nearest to each query (first one on ties).
+
+    ``centre``: compare embeddings about each task's mean candidate (:func:`centre_on_candidates`).
+    """
     if embeddings.ndim != 3:
         raise ValueError(f"embeddings must be (n_chars, n_drawings, D), got {embeddings.shape}")
     k, N = tasks.support_chars.shape
@@ -257,13 +278,15 @@ def predict_tasks(embeddings: np.ndarray, tasks: OneShotTasks) -> np.ndarray:
         sl = slice(lo, lo + rows)
         q = embeddings[tasks.query_char[sl], tasks.query_drawing[sl]]
         s = embeddings[tasks.support_chars[sl], tasks.support_drawings[sl]]
+        if centre:
+            q, s = centre_on_candidates(q, s)
         pred[sl] = np.argmin(support_sq_distances(q, s), axis=1)
     return pred
 
 
-def evaluate_tasks(embeddings: np.ndarray, tasks: OneShotTasks) -> np.ndarray:
+def evaluate_tasks(embeddings: np.ndarray, tasks: OneShotTasks, centre: bool = False) -> np.ndarray:
     """(k,) bool: whether the nearest support embedding is the true match."""
-    return predict_tasks(embeddings, tasks) == tasks.target
+    return predict_tasks(embeddings, tasks, centre) == tasks.target
 
 
 # -------------------------------------------------------------------------- statistics

@@ -71,10 +71,12 @@ class DataParams(_Strict):
 class ModelParams(_Strict):
     arch: Literal[ARCHS] = "convnet"  # type: ignore[valid-type]
     embedding_dim: int | None = Field(128, ge=2, le=MAX_EMBEDDING_DIM)
-    filters: int = Field(64, ge=1, le=MAX_FILTERS)
+    # one width for every block, or one per block (then blocks must match: [64, 96, 128, 256]); checked in _cross_checks
+    filters: int | list[int] = Field(64, description=f"a width 1..{MAX_FILTERS} for every block, or a list of one per block")
     blocks: int = Field(4, ge=1, le=6)
     pool_padding: Literal["valid", "same"] = "same"  # convnet only; "same" keeps odd maps' last row and column
     final_pool: bool = True  # convnet only; false: the last block's map goes to the Dense layer unpooled
+    residual: bool = False  # convnet only; true: each block two 3x3 convs with a shortcut (twice the convs)
 
 
 class AugmentParams(_Strict):
@@ -278,7 +280,13 @@ def _cross_checks(p: Params, source: str, use_prepared: bool = True) -> None:
     """Checks that span several keys or depend on the data, made before any work starts."""
     from tripletml.architectures import min_image_size  # pure Python: no TensorFlow at start-up
 
-    need = min_image_size(p.model.arch, filters=p.model.filters, blocks=p.model.blocks, pool_padding=p.model.pool_padding, final_pool=p.model.final_pool)
+    m = p.model
+    widths = m.filters if isinstance(m.filters, list) else [m.filters]
+    if not widths or not all(1 <= w <= MAX_FILTERS for w in widths):
+        raise ParamsError(f"{source}: model.filters = {m.filters!r}: must be a width 1..{MAX_FILTERS} for every block, or a list of one per block")
+    if isinstance(m.filters, list) and len(widths) != m.blocks:
+        raise ParamsError(f"{source}: model.filters gives {len(widths)} widths but model.blocks = {m.blocks}: give one per block")
+    need = min_image_size(m.arch, filters=m.filters, blocks=m.blocks, pool_padding=m.pool_padding, final_pool=m.final_pool, residual=m.residual)
     if p.data.image_size < need:
         raise ParamsError(f"{source}: data.image_size = {p.data.image_size}: too small for model.arch {p.model.arch!r} (needs >= {need})")
     if 2 * p.evaluate.tta_shift >= p.data.image_size:
