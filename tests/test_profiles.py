@@ -55,3 +55,26 @@ def test_the_readme_runs_the_profile():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     block = readme.split("### The assignment's own configuration", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     assert "python profiles/run.py assignment" in block
+
+
+def _flat(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def test_the_long_profile_is_the_default_but_for_its_chosen_levers():
+    default = validate_params(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")), use_prepared=False)
+    long = _resolved("long")
+    a, b = _flat(default.model_dump()), _flat(long.model_dump())
+    assert {k for k in a if a[k] != b[k]} == set(_runner().overrides("long")), "every override changes something"
+    assert long.data == default.data, "the same data and validation alphabets: chosen on those, scored on the test set"
+    assert long.trained() == default.trained() and long.model.residual
+    s = long.strategy("batch_all")
+    assert s.loops * s.steps_per_loop > 4 * default.strategy("batch_all").loops * default.strategy("batch_all").steps_per_loop
+
+
+def test_the_readme_runs_the_long_profile():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("### The long profile", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    assert "python profiles/run.py long" in block
