@@ -40,8 +40,13 @@ def set_params(values: dict) -> list[str]:
 
 def main() -> None:
     name, extra = sys.argv[1], sys.argv[2:]
+    values = overrides(name)
+    # `dvc exp run` first checks the committed outputs out of the cache, and in a fresh clone
+    # that replaced the raw zips placed in data/raw by nothing; putting them into the cache
+    # first (the download stage keeps a placed copy as it is) leaves them where they are.
+    subprocess.run(["dvc", "repro", "download"], check=True)
     try:
-        subprocess.run(["dvc", "exp", "run", "-n", name, *set_params(overrides(name)), *extra], check=True)
+        subprocess.run(["dvc", "exp", "run", "-n", name, *set_params(values), *extra], check=True)
     finally:
         subprocess.run(["git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock", "metrics", "reports"], check=True)
         subprocess.run(["dvc", "checkout", "--force"], check=True)

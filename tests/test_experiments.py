@@ -66,3 +66,26 @@ def test_queued_experiments_run_offline_from_the_cache(tmp_path):
     for name in ("short", "wide"):
         stages = {r.data.tags.get("dvc_stage") for r in runs if r.data.tags.get("dvc_experiment") == name}
         assert {"train_random", "train_hard"} <= stages, (name, stages)
+
+
+def test_a_profile_in_a_fresh_clone_keeps_the_placed_raw_data(tmp_path):
+    """A fresh clone has dvc.lock but an empty cache; the README has users place the zips by hand."""
+    import shutil
+
+    from repo_copy import REPO
+
+    work = make_repo(tmp_path / "repo")
+    env = _queue_env(work)
+    run_ok(["dvc", "repro"], work, env=env)
+    (work / "profiles").mkdir()
+    shutil.copy(REPO / "profiles" / "run.py", work / "profiles" / "run.py")
+    (work / "profiles" / "tiny.yaml").write_text("train.margin: 0.3\n")
+    _git_commit(work, "base")
+    shutil.rmtree(work / ".dvc" / "cache")  # as cloned: the lock names outputs the cache lacks
+    placed = {p.name: p.read_bytes() for p in (work / "data" / "raw").iterdir()}
+
+    res = run_ok(["python", "profiles/run.py", "tiny"], work, env=env)
+    assert {p.name: p.read_bytes() for p in (work / "data" / "raw").iterdir()} == placed, res.stdout[-2000:]
+    shown = json.loads(run_ok(["dvc", "exp", "show", "--json"], work, env=env).stdout)
+    exps = {e["name"] for rev in shown for e in (rev.get("experiments") or []) for e in e["revs"]}
+    assert "tiny" in exps

@@ -323,21 +323,3 @@ def test_official_all_runs_zip_downloads(tmp_path):
     assert paths["all_runs.zip"].read_bytes() == REAL.read_bytes()
     assert download.file_digest(paths["all_runs.zip"]) == download.RUNS_MD5["all_runs.zip"]
 
-
-def test_centred_score_compares_about_each_runs_mean_training_image(runs_zip):
-    runs = read_lake_runs(runs_zip[0])
-    train, test = to_model_images(runs, 28)
-    embed = _projection(3, 28)
-    e_train = embed(train.reshape(-1, 28, 28)).reshape(20, 20, -1)
-    e_test = embed(test.reshape(-1, 28, 28)).reshape(20, 20, -1)
-
-    def unit(x):
-        return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-    centre = e_train.mean(axis=1, keepdims=True)  # per run, over its 20 training images only
-    ct, cq = unit(e_train - centre), unit(e_test - centre)
-    d = ((cq[:, :, None, :] - ct[:, None, :, :]) ** 2).sum(-1)
-    expect = (d.argmin(axis=2) == runs.answer).sum(axis=1)
-    right = score_lake_runs(embed, train, test, runs.answer, centre=True)
-    np.testing.assert_array_equal(right, expect)
-    assert not np.array_equal(right, score_lake_runs(embed, train, test, runs.answer)), "centring changes some picks here"

@@ -25,7 +25,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from tripletml.data import PNG_MAGIC, RAW_SIZE, DataError, _decode_png, open_zip, raw_to_model
-from tripletml.oneshot import centre_on_candidates
 
 RUNS = 20
 CLASSES = 20  # training images (one per character) per run
@@ -164,18 +163,13 @@ def to_model_images(runs: LakeRuns, image_size: int) -> tuple[np.ndarray, np.nda
 
 
 def score_lake_runs(
-    embed: Callable[[np.ndarray], np.ndarray],
-    train: np.ndarray,
-    test: np.ndarray,
-    answer: np.ndarray,
-    centre: bool = False,
+    embed: Callable[[np.ndarray], np.ndarray], train: np.ndarray, test: np.ndarray, answer: np.ndarray
 ) -> np.ndarray:
     """Test items right per run, shape (R,), nearest training image of the run (squared L2).
 
     ``train`` (R, C, ...) and ``test`` (R, T, ...) are model images; ``embed`` maps
     (m, ...) model images to (m, D), like ``Embedder.embed_prepared``. Every image is
-    embedded in one call; ties go to the lowest training index. ``centre``: compare about
-    the mean of the run's C training images (:func:`tripletml.oneshot.centre_on_candidates`).
+    embedded in one call; ties go to the lowest training index.
     """
     train, test, answer = np.asarray(train), np.asarray(test), np.asarray(answer)
     R, C, T = train.shape[0], train.shape[1], test.shape[1]
@@ -189,9 +183,6 @@ def score_lake_runs(
         raise ValueError(f"embed must return ({len(images)}, D), got {e.shape}")
     e = e.astype(np.float64)  # 800 x D: exact enough that only true ties are ties
     et, eq = e[: R * C].reshape(R, C, -1), e[R * C :].reshape(R, T, -1)
-    if centre:  # every test item of a run faces the same C candidates
-        q, s = centre_on_candidates(eq.reshape(R * T, -1), np.repeat(et, T, axis=0))
-        eq, et = q.reshape(R, T, -1), s[::T]
     diff = eq[:, :, None, :] - et[:, None, :, :]  # (R, T, C, D)
     pred = np.argmin(np.einsum("rtcd,rtcd->rtc", diff, diff), axis=2)
     return (pred == answer).sum(axis=1)
