@@ -49,7 +49,11 @@ def main() -> None:
         subprocess.run(["dvc", "exp", "run", "-n", name, *set_params(values), *extra], check=True)
     finally:
         subprocess.run(["git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock", "metrics", "reports"], check=True)
-        subprocess.run(["dvc", "checkout", "--force"], check=True)
+        if subprocess.run(["dvc", "checkout", "--force"]).returncode:
+            # A fresh clone's cache lacks the committed run's outputs: the experiment is saved all
+            # the same, only the default's models are not in the workspace.
+            print(f"note: the committed outputs are not in this cache; `dvc exp apply {name}` brings the "
+                  "profile's outputs into the workspace, `dvc repro` rebuilds the default's", file=sys.stderr)
 
 
 if __name__ == "__main__":
