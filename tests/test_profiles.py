@@ -70,6 +70,7 @@ def test_the_long_profile_is_the_default_but_for_its_chosen_levers():
     assert {k for k in a if a[k] != b[k]} == set(_runner().overrides("long")), "every override changes something"
     assert long.data == default.data, "the same data and validation alphabets: chosen on those, scored on the test set"
     assert long.trained() == default.trained() and long.model.residual
+    assert all(long.strategy(name).val_within_alphabet for name in long.trained()), "chosen on its aim: within one alphabet"
     s = long.strategy("batch_all")
     assert s.loops * s.steps_per_loop > 4 * default.strategy("batch_all").loops * default.strategy("batch_all").steps_per_loop
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tripletml import training
 from tripletml.data import OmniglotSet
-from tripletml.errors import TrainingError
+from tripletml.errors import ParamsError, TrainingError
 from tripletml.params import ModelParams, StrategySettings, validate_params
 from tripletml.training import LoopRecord, Trainer, TrainResult, train
 
@@ -309,3 +309,22 @@ def test_without_validation_alphabets_the_last_loop_is_kept(data) -> None:
     assert all(r.test_acc20_250 is not None for r in result.history)
     assert (result.best_loop, result.best_val_acc20) == (3, None)
     _assert_weights_close(_weights(result.embedding), per_loop[3], atol=0)
+
+
+def test_validation_tasks_within_one_alphabet_when_asked(data) -> None:
+    """val_within_alphabet: every validation task's candidates share one alphabet, and only
+    alphabets with n_way characters are drawn from; the default draws across alphabets."""
+    val = _make_set(12, 1, alphabets=3)  # alphabets A0..A2 of 4 characters each
+    alphabet_of = np.repeat(np.arange(3), 4)
+    across = Trainer(settings("random", n_way=4, val_tasks=60), MODEL, data[0], val, data[2]).val_tasks
+    assert len(np.unique(alphabet_of[across.support_chars], axis=None)) == 3
+    assert any(len(set(alphabet_of[row])) > 1 for row in across.support_chars)
+    within = Trainer(settings("random", n_way=4, val_tasks=60, val_within_alphabet=True), MODEL, data[0], val, data[2]).val_tasks
+    assert all(len(set(alphabet_of[row])) == 1 for row in within.support_chars)
+    assert set(alphabet_of[within.support_chars[:, 0]]) == {0, 1, 2}
+
+
+def test_validation_within_alphabets_too_small_for_n_way_is_a_params_error(data) -> None:
+    val = _make_set(12, 1, alphabets=3)  # 4 characters per alphabet, fewer than n_way = 5
+    with pytest.raises(ParamsError, match=r"train\.val_within_alphabet = true with train\.n_way = 5.*sizes"):
+        Trainer(settings("random", val_within_alphabet=True), MODEL, data[0], val, data[2])

@@ -117,6 +117,9 @@ class TrainParams(_Strict):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     augment: AugmentParams = AugmentParams()
     val_tasks: int = Field(500, ge=1, le=MAX_TASKS)  # 20-way validation tasks scored after each loop (the same every loop)
+    # true: each validation task's candidates come from one validation alphabet (Lake et al.'s
+    # form), drawn among those with at least n_way characters; false: across all of them
+    val_within_alphabet: bool = False
     test_tasks: int = Field(250, ge=1, le=MAX_TASKS)  # the assignment's per-loop test: tasks drawn afresh every loop
     n_way: int = Field(20, ge=2)  # at most the validation and the test characters (_check_data)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"

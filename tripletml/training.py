@@ -152,6 +152,17 @@ class _Stepper:
         return self._step(*split_batch(self.distribution, *arrays))
 
 
+def _validation_tasks(s: StrategySettings, val_set: OmniglotSet, seed: int) -> oneshot.OneShotTasks:
+    """The validation tasks every loop is scored on, across or within the validation alphabets."""
+    rng = np.random.default_rng([seed, 1])
+    if not s.val_within_alphabet:
+        return oneshot.sample_tasks(val_set.c, val_set.n_characters, s.n_way, s.val_tasks, rng)
+    try:
+        return oneshot.sample_tasks(val_set.c, val_set.n_characters, s.n_way, s.val_tasks, rng, within_alphabet=True)
+    except ValueError as e:  # no validation alphabet has n_way characters
+        raise ParamsError(f"train.val_within_alphabet = true with train.n_way = {s.n_way}: {e}; lower train.n_way or hold out a larger alphabet") from None
+
+
 class Trainer:
     """Trains one strategy (a sampler and a miner); see :func:`train` for the one-call form."""
 
@@ -181,13 +192,7 @@ class Trainer:
         # Validation: the same tasks every loop and for every strategy, seeded apart from training.
         # No validation alphabets (the assignment's split): no model is chosen, the last loop's is kept.
         self.val_set, self.test_set = val_set, test_set
-        self.val_tasks = (
-            oneshot.sample_tasks(
-                val_set.c, val_set.n_characters, settings.n_way, settings.val_tasks, np.random.default_rng([seed, 1])
-            )
-            if val_set is not None and val_set.n_characters
-            else None
-        )
+        self.val_tasks = _validation_tasks(settings, val_set, seed) if val_set is not None and val_set.n_characters else None
         self.history: list[LoopRecord] = []
         self.best_loop, self.best_val = -1, -math.inf
         self._manager: tf.train.CheckpointManager | None = None
