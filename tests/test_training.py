@@ -328,3 +328,31 @@ def test_validation_within_alphabets_too_small_for_n_way_is_a_params_error(data)
     val = _make_set(12, 1, alphabets=3)  # 4 characters per alphabet, fewer than n_way = 5
     with pytest.raises(ParamsError, match=r"train\.val_within_alphabet = true with train\.n_way = 5.*sizes"):
         Trainer(settings("random", val_within_alphabet=True), MODEL, data[0], val, data[2])
+
+
+def test_without_validation_the_checkpoint_holds_one_copy_of_the_weights_and_resumes(data, tmp_path: Path) -> None:
+    """No validation alphabets: the kept model is the last loop's, so the checkpoint (committed
+    between machines for the assignment's hours-long run) carries no second copy of the weights."""
+    train_set, val_set, test_set = data
+    empty = val_set.subset([])
+    s = settings("hard", loops=3)
+    full = train(s, MODEL, train_set, empty, test_set)
+
+    def crash_in_loop_3(record: LoopRecord) -> None:
+        if record.loop == 3:
+            raise _Crash
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Crash):
+        Trainer(s, MODEL, train_set, empty, test_set).run(on_loop=crash_in_loop_3, checkpoint_dir=ckpt)
+    names = [name for name, _ in tf.train.list_variables(str(ckpt / json.loads((ckpt / training.CHECKPOINT_STATE).read_text())["checkpoint"]))]
+    assert any(n.startswith("model/") for n in names) and not any(n.startswith("best/") for n in names)
+    with_val = tmp_path / "with_val"
+    train(settings("hard", loops=1), MODEL, *data, checkpoint_dir=with_val)
+    state = json.loads((with_val / training.CHECKPOINT_STATE).read_text())
+    assert any(n.startswith("best/") for n, _ in tf.train.list_variables(str(with_val / state["checkpoint"])))
+
+    resumed = train(s, MODEL, train_set, empty, test_set, checkpoint_dir=ckpt)
+    assert [r.loop for r in resumed.history] == [1, 2, 3] and resumed.best_loop == 3
+    np.testing.assert_allclose([r.loss for r in resumed.history], [r.loss for r in full.history], rtol=1e-5)
+    _assert_weights_close(_weights(resumed.embedding), _weights(full.embedding))

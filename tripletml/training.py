@@ -244,7 +244,9 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
 
     def _checkpoint(self) -> tf.train.Checkpoint:
-        parts = {"model": self.embedding, "optimizer": self.optimizer, "best": self._best}
+        parts = {"model": self.embedding, "optimizer": self.optimizer}
+        if self.val_tasks is not None:  # without validation the kept model is the last loop's: no second copy
+            parts["best"] = self._best
         if self.augmenter is not None:  # its random layers carry seed-generator state
             parts["augmenter"] = self.augmenter
         return tf.train.Checkpoint(**parts)
@@ -381,16 +383,20 @@ class Trainer:
                     raise TrainingError(f"{self.name}: the embedding collapsed at loop {loop + 1} ({reason}); stopping")
             record = LoopRecord(loop + 1, loss, val_acc, test_acc, seconds, s.steps_per_loop)
             self.history.append(record)
-            if val_acc is None or val_acc > self.best_val:  # ties keep the earlier loop; no validation: the last
-                self.best_val, self.best_loop = (-math.inf if val_acc is None else val_acc), loop + 1
+            if val_acc is None:  # no validation: the last loop's model, the weights as they are
+                self.best_loop = loop + 1
+            elif val_acc > self.best_val:  # ties keep the earlier loop
+                self.best_val, self.best_loop = val_acc, loop + 1
                 for kept, w in zip(self._best, self.embedding.weights):
                     kept.assign(w)
             if on_loop is not None:
                 on_loop(record)
             if checkpoint_dir is not None:
                 self.save_checkpoint(checkpoint_dir)
-        self.embedding.set_weights([w.numpy() for w in self._best])
-        best_val = None if self.val_tasks is None else self.best_val
+        best_val = None
+        if self.val_tasks is not None:
+            self.embedding.set_weights([w.numpy() for w in self._best])
+            best_val = self.best_val
         return TrainResult(self.embedding, self.history, self.best_loop, best_val, self.train_seconds, self.total_steps, self.extra)
 
 
