@@ -35,6 +35,7 @@ def main() -> None:
     settings = {s: p.strategy(s) for s in names}
     table = report.comparison_table(evaluate, train, {s: (v.sampler, v.miner) for s, v in settings.items()})
     tests = report.paired_tests(predictions, report.factor_pairs(table))
+    seeds = report.seed_runs_of(seeds, table, p.train.seed)  # another configuration's seeds say nothing of this one
     hard = settings["hard"]
     pictures = {
         "Accuracy and loss per loop": figures.plot_accuracy(

@@ -555,3 +555,13 @@ def test_no_heavy_imports():
         "assert not bad, bad; assert 'matplotlib.pyplot' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_seed_runs_count_only_for_the_configuration_they_ran():
+    """The seed runs include this run (its seed) only if they are of its configuration: a profile
+    with other params gives other figures at the same seed, and is quoted no seed range."""
+    runs = _seed_runs()
+    this = pd.DataFrame({"strategy": ["random", "hard", "batch_all"], "test_acc20": [70.0, 71.04, 90.0]})
+    assert report.seed_runs_of(runs, this, seed=1) is runs  # equal to rounding; batch_all was not seed-run
+    assert report.seed_runs_of(runs, this.assign(test_acc20=[70.0, 72.0, 90.0]), seed=1) is None
+    assert report.seed_runs_of(runs, this, seed=9) is None  # no run at this seed: nothing ties them to this one

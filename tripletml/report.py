@@ -35,6 +35,7 @@ __all__ = [
     "factor_pairs",
     "paired_tests",
     "load_seed_runs",
+    "seed_runs_of",
     "seed_spread",
     "finding",
     "verdict",
@@ -285,6 +286,21 @@ def load_seed_runs(path: PathLike) -> pd.DataFrame:
     absent = [c for c in ("seed", "strategy", "test_acc20") if c not in runs.columns]
     if absent:
         raise DataError(f"{path}: missing column(s) {', '.join(absent)}")
+    return runs
+
+
+def seed_runs_of(runs: pd.DataFrame, table: pd.DataFrame, seed: int, tolerance: float = 0.05) -> pd.DataFrame | None:
+    """``runs`` if they were made with this run's configuration, else None.
+
+    The seed runs are one configuration run at several seeds; they include this very run (its
+    ``seed``) only if that configuration is this one, so every strategy both hold must give
+    the same ``test_acc20``. A profile or an edited ``params.yaml`` fails this and is not
+    given another configuration's spread."""
+    own = runs[runs["seed"] == seed].set_index("strategy")["test_acc20"]
+    ours = table.set_index("strategy")["test_acc20"]
+    shared = own.index.intersection(ours.index)
+    if not len(shared) or ((own[shared] - ours[shared]).abs() > tolerance).any():
+        return None
     return runs
 
 
