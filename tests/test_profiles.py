@@ -37,6 +37,7 @@ def test_the_assignment_profile_is_the_assignments_protocol():
         assert (s.optimizer, s.learning_rate, s.lr_schedule) == ("adam", 0.001, "constant")  # Keras defaults
         assert s.augment.model_dump() == {"rotations": False, "affine": 0.0, "flips": False}
         assert (s.test_tasks, s.n_way) == (250, 20)  # 250 fresh 20-way tasks per loop, best loop reported
+        assert s.precision == "mixed_bfloat16"  # set by the profile: bf16 products, float32 weights (README)
     a, b = (s.model_dump() for s in settings.values())
     assert {k for k in a if a[k] != b[k]} == {"miner", "strategy"}  # the pair differs only in the miner
     assert (p.evaluate.tta_shift, p.evaluate.assignment_tasks, p.evaluate.n_way) == (0, 250, 20)

@@ -413,6 +413,21 @@ def test_markdown_lake_section_ranks_this_run_among_the_published_marks():
     assert "Lake et al.'s 20 official" not in markdown.comparison_markdown(no_lake, _tests())
 
 
+def test_markdown_without_validation_alphabets_says_no_validation_chosen_figure_exists():
+    # data.validation_alphabets: 0 (the assignment's split): training keeps the last loop's
+    # model and writes best_val_acc20 null; the report must not call its figure validation-chosen.
+    train = {s: {**m, "best_val_acc20": None, "best_loop": 10} for s, m in _train().items()}
+    table = report.comparison_table(_evaluate(), train, DESIGN)
+    md = markdown.comparison_markdown(table, _tests())
+    assert "no validation-chosen figure exists" in md and "chosen on validation" not in md
+    rows = {r["strategy"]: r for r in _md_table(md, "## Accuracy")}
+    assert _column(rows["hard"], "last loop's model") == "72.0 [70.2, 73.7]"
+    assert _column(rows["hard"], "chosen on test: optimistic") == "64.3"
+    # With validation the same table says the opposite.
+    validated = markdown.comparison_markdown(report.comparison_table(_evaluate(), _train(), DESIGN), _tests())
+    assert "no validation-chosen figure exists" not in validated and "chosen on validation" in validated
+
+
 def test_markdown_without_paired_tests_says_so():
     table = report.comparison_table(_evaluate(), {}, {})  # no design: no pairs
     tests = report.paired_tests(_predictions(), report.factor_pairs(table))
