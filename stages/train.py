@@ -4,12 +4,14 @@ Writes models/<strategy>/{embedding.keras, meta.json, mined.json},
 metrics/train/<strategy>.json and metrics/history/<strategy>.csv, and logs the run
 (params, per-loop loss / val_acc20 / test_acc20_250 / loop_seconds, the model) to MLflow
 when the store answers (`python -m tripletml.tracking sync` catches up otherwise).
-A checkpoint after every loop (checkpoints/<strategy>/) lets a killed stage resume.
+A checkpoint after every loop (checkpoints/<strategy>/<run key>/, one folder per params) lets a
+killed stage resume, also after a run of other params (a profile, an experiment) in between.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -48,7 +50,8 @@ def main() -> None:
 
     distribution = make_distribution(settings.distribute, settings.cpu_replicas)  # before other TF work
     trainer = Trainer(settings, params.model, train_set, val_set, test_set, distribution)
-    resumed = trainer.load_checkpoint(checkpoints)  # other workers read the chief's, on shared storage
+    run_checkpoints = checkpoints / trainer.checkpoint_key
+    resumed = trainer.load_checkpoint(run_checkpoints)  # other workers read the chief's, on shared storage
     if resumed:
         print(f"resuming {name} after loop {trainer.start_loop}")
 
@@ -70,7 +73,7 @@ def main() -> None:
         live.log_loop(record.as_dict())
         show(record)
 
-    result = trainer.run(on_loop, checkpoints, progress=True)
+    result = trainer.run(on_loop, run_checkpoints, progress=True)
 
     meta = {
         "strategy": name,
@@ -100,7 +103,9 @@ def main() -> None:
     with atomic_path(Path("metrics/history") / f"{name}.csv") as tmp:
         pd.DataFrame([r.as_dict() for r in result.history]).to_csv(tmp, index=False)
     live.finish()  # params, metrics, the model (registered), the datasets: from the outputs just written
-    shutil.rmtree(checkpoints, ignore_errors=True)  # a finished stage leaves no checkpoint litter
+    shutil.rmtree(run_checkpoints, ignore_errors=True)  # a finished run leaves no checkpoint litter ...
+    with contextlib.suppress(OSError):
+        checkpoints.rmdir()  # ... and no empty folder; other params' resume points stay
     print(f"{name}: chosen loop {result.best_loop}, val_acc20 {_pct(result.best_val_acc20)}, {result.train_seconds:.0f} s")
     print(f"{name}: weights sha256 {result.weights_digest()}")
 

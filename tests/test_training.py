@@ -285,6 +285,30 @@ def test_checkpoint_of_other_settings_is_ignored(data, tmp_path: Path) -> None:
     assert not Trainer(settings("random", loops=1), MODEL, *data).load_checkpoint(tmp_path / "missing")
 
 
+def test_checkpoint_key_separates_runs_so_one_never_overwrites_anothers(data, tmp_path: Path) -> None:
+    s = settings("random", loops=2)
+    first = Trainer(s, MODEL, *data)
+    same = Trainer(s, MODEL, *data)
+    wider = Trainer(s, MODEL.model_copy(update={"filters": 12}), *data)  # same strategy settings, another network
+    train_only, val, test = data
+    fewer_val = OmniglotSet(val.X[:-1], {a: (lo, min(hi, len(val.X) - 1)) for a, (lo, hi) in val.c.items()})
+    other_split = Trainer(s, MODEL, train_only, fewer_val, test)
+    assert first.checkpoint_key == same.checkpoint_key
+    assert len({first.checkpoint_key, wider.checkpoint_key, other_split.checkpoint_key}) == 3
+
+    def stop_after_loop_1(record: LoopRecord) -> None:
+        if record.loop == 2:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        first.run(on_loop=stop_after_loop_1, checkpoint_dir=tmp_path / first.checkpoint_key)
+    wider.run(checkpoint_dir=tmp_path / wider.checkpoint_key)  # another run in between, to the end
+    # Its checkpoint cannot stand in for the first run's (a restore would fail on shapes) ...
+    assert not same.load_checkpoint(tmp_path / wider.checkpoint_key)
+    # ... and the first run's resume point is still there.
+    assert same.load_checkpoint(tmp_path / same.checkpoint_key) and same.start_loop == 1
+
+
 def test_replica_split_checks_the_batch_form_in_use() -> None:
     from tripletml.params import ParamsError
 

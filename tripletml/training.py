@@ -155,11 +155,12 @@ class _Stepper:
 def _validation_tasks(s: StrategySettings, val_set: OmniglotSet, seed: int) -> oneshot.OneShotTasks:
     """The validation tasks every loop is scored on, across or within the validation alphabets."""
     rng = np.random.default_rng([seed, 1])
-    if not s.val_within_alphabet:
-        return oneshot.sample_tasks(val_set.c, val_set.n_characters, s.n_way, s.val_tasks, rng)
     try:
-        return oneshot.sample_tasks(val_set.c, val_set.n_characters, s.n_way, s.val_tasks, rng, within_alphabet=True)
-    except ValueError as e:  # no validation alphabet has n_way characters
+        return oneshot.sample_tasks(val_set.c, val_set.n_characters, s.n_way, s.val_tasks, rng, within_alphabet=s.val_within_alphabet)
+    except ValueError as e:
+        if not s.val_within_alphabet:
+            raise
+        # no validation alphabet has n_way characters
         raise ParamsError(f"train.val_within_alphabet = true with train.n_way = {s.n_way}: {e}; lower train.n_way or hold out a larger alphabet") from None
 
 
@@ -192,6 +193,7 @@ class Trainer:
         # Validation: the same tasks every loop and for every strategy, seeded apart from training.
         # No validation alphabets (the assignment's split): no model is chosen, the last loop's is kept.
         self.val_set, self.test_set = val_set, test_set
+        self._identity = _run_identity(settings, model_params, train_set, val_set)
         self.val_tasks = _validation_tasks(settings, val_set, seed) if val_set is not None and val_set.n_characters else None
         self.history: list[LoopRecord] = []
         self.best_loop, self.best_val = -1, -math.inf
@@ -270,20 +272,26 @@ class Trainer:
             "best_val": self.best_val,
             "train_seconds": self.train_seconds,
             "rng": self.rng.bit_generator.state,
-            "settings": self._settings_json(),
+            "settings": self._identity,
             "extra": self.extra,
         }
         write_json(folder / CHECKPOINT_STATE, json.loads(json.dumps(state, default=_json_default)))
 
+    @property
+    def checkpoint_key(self) -> str:
+        """A short digest of what this run is (strategy settings, model params, data split):
+        one checkpoint folder per run, so a run of other params never overwrites its resume point."""
+        return hashlib.sha256(json.dumps(self._identity, sort_keys=True).encode()).hexdigest()[:12]
+
     def load_checkpoint(self, folder: str | Path) -> bool:
-        """Resume from ``folder`` if it holds a checkpoint of the same settings."""
+        """Resume from ``folder`` if it holds a checkpoint of the same run (``checkpoint_key``)."""
         folder = Path(folder)
         state_file = folder / CHECKPOINT_STATE
         if not state_file.is_file():
             return False
         state = json.loads(state_file.read_text())
-        if state.get("settings") != self._settings_json() or "checkpoint" not in state:
-            return False  # params changed (or an older format): start afresh
+        if state.get("settings") != self._identity or "checkpoint" not in state:
+            return False  # another run's (or an older format): start afresh
         self._checkpoint().restore(str(folder / state["checkpoint"])).assert_existing_objects_matched()
         self.history = [LoopRecord(**r) for r in state["history"]]
         self.best_loop, self.best_val = state["best_loop"], state["best_val"]
@@ -292,9 +300,6 @@ class Trainer:
         self.extra = state.get("extra", {})
         self.start_loop = len(self.history)
         return True
-
-    def _settings_json(self) -> dict:
-        return self.s.model_dump(mode="json")
 
     # -- one step --------------------------------------------------------------------------
 
@@ -398,6 +403,14 @@ class Trainer:
             self.embedding.set_weights([w.numpy() for w in self._best])
             best_val = self.best_val
         return TrainResult(self.embedding, self.history, self.best_loop, best_val, self.train_seconds, self.total_steps, self.extra)
+
+
+def _run_identity(settings: StrategySettings, model_params: ModelParams, *sets: OmniglotSet | None) -> dict:
+    """What must match for a checkpoint to resume: the strategy's settings, the network, and
+    the data split (each set's shape and alphabet ranges: other validation alphabets or image
+    size give other arrays)."""
+    data = [None if d is None else {"shape": list(d.X.shape), "c": sorted([a, *map(int, r)] for a, r in d.c.items())} for d in sets]
+    return {"train": settings.model_dump(mode="json"), "model": model_params.model_dump(mode="json"), "data": data}
 
 
 def progress_bar(steps, desc: str):
