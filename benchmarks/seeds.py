@@ -5,7 +5,10 @@
 For each seed, ``dvc exp run -n seed-<s> -S train.seed=<s>`` reruns every training stage,
 ``evaluate`` and ``report`` in the workspace (saved as a DVC experiment, so ``dvc exp
 show`` lists them side by side), then appends one row per strategy to ``--out``: seed,
-strategy, test_acc20, within_acc20, assignment_best_acc20, lake20_acc. The evaluation
+machine, strategy, test_acc20, within_acc20, assignment_best_acc20, lake20_acc. The machine
+(CPU, cores, widest CPU feature; and ``ONEDNN_MAX_CPU_ISA`` when set, which gives oneDNN the
+kernels of an older CPU) tells runs of one seed apart: their figures agree only where the
+kernels do. The evaluation
 tasks stay the same (``evaluate.seed``), so differences between strategies are paired at
 every seed. Add the committed run's own row with ``--current`` (no training). At the end
 the workspace is put back to the commit's params and outputs (``git checkout``, ``dvc
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -24,25 +28,35 @@ import pandas as pd
 
 from tripletml.atomic import atomic_path
 
-COLUMNS = ["seed", "strategy", "test_acc20", "within_acc20", "assignment_best_acc20", "lake20_acc"]
+COLUMNS = ["seed", "machine", "strategy", "test_acc20", "within_acc20", "assignment_best_acc20", "lake20_acc"]
+
+
+def machine() -> str:
+    """The machine column: the CPU, and the oneDNN kernel limit when one is set."""
+    from tripletml.machine import machine_label
+
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return machine_label() + (f", oneDNN limited to {isa}" if isa else "")
 
 
 def rows(seed: int) -> list[dict]:
     """One row per strategy (and the ensemble) from the workspace's metrics files."""
-    out = []
+    out, where = [], machine()
     for path in sorted(Path("metrics/evaluate").glob("*.json")):
         strategy, ev = path.stem, json.loads(path.read_text())
         train = Path("metrics/train") / f"{strategy}.json"
         best = json.loads(train.read_text()).get("assignment_best_acc20") if train.is_file() else None
-        out.append({"seed": seed, "strategy": strategy, "test_acc20": ev["test_acc20"], "within_acc20": ev["within_acc20"],
+        out.append({"seed": seed, "machine": where, "strategy": strategy, "test_acc20": ev["test_acc20"], "within_acc20": ev["within_acc20"],
                     "assignment_best_acc20": None if best is None else round(best, 3), "lake20_acc": ev.get("lake20_acc")})
     return out
 
 
 def append(path: Path, new: list[dict]) -> None:
     table = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=COLUMNS)
-    seeds = {r["seed"] for r in new}
-    table = pd.concat([table[~table["seed"].isin(seeds)], pd.DataFrame(new, columns=COLUMNS)], ignore_index=True)
+    table["machine"] = table["machine"].fillna("") if "machine" in table else ""
+    runs = {(r["seed"], r["machine"]) for r in new}  # a rerun of one seed on one machine replaces its rows
+    old = table[[(s, m) not in runs for s, m in zip(table["seed"], table["machine"])]]
+    table = pd.concat([old, pd.DataFrame(new, columns=COLUMNS)], ignore_index=True)[COLUMNS]
     with atomic_path(path) as tmp:
         table.sort_values(["seed"], kind="stable").to_csv(tmp, index=False)
 

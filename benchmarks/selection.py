@@ -14,7 +14,8 @@ alike; each figure is the median over repeats. ``--assignment`` also times the c
 own hard mining (one ``model.predict`` per triplet on its anchor and the 20 drawings of
 its negative class) for a few steps.
 
-The last lines print hard/random step-time ratios within each sampler.
+The last lines print hard/random step-time ratios within each sampler; ``--out`` also writes
+the table and the ratios as CSV (``docs/benchmarks/selection.csv``, shown in docs/results.md).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--strategies", nargs="*", help="default: every strategy the pipeline trains")
+    ap.add_argument("--out", help="also write the table as CSV here (e.g. docs/benchmarks/selection.csv)")
     ap.add_argument("--assignment", type=int, default=0, metavar="STEPS", help="also time the course's per-triplet predict for STEPS steps")
     args = ap.parse_args()
 
@@ -76,12 +78,22 @@ def main() -> None:
         print(f"{n:28s} {sampler:9s} {miner:10s} {statistics.median(ts):8.4f} {min(ts):8.4f} {max(ts):8.4f}")
     med = {n: statistics.median(ts) for n, ts in times.items()}
     cells = {(p.strategy(n).sampler, p.strategy(n).miner): n for n in names}
+    over = {}  # each strategy's step time over its sampler's random strategy's, measured side by side
     for sampler in ("triplets", "classes"):
         if (sampler, "hard") in cells and (sampler, "random") in cells:
             h, r = cells[sampler, "hard"], cells[sampler, "random"]
-            print(f"hard/random step time, {sampler} sampler: {med[h] / med[r]:.2f} ({h} / {r})")
+            over[h] = med[h] / med[r]
+            print(f"hard/random step time, {sampler} sampler: {over[h]:.2f} ({h} / {r})")
     if "hard, per-triplet predict" in med and "random" in med:
-        print(f"assignment's per-triplet predict / random: {med['hard, per-triplet predict'] / med['random']:.1f}")
+        over["hard, per-triplet predict"] = med["hard, per-triplet predict"] / med["random"]
+        print(f"assignment's per-triplet predict / random: {over['hard, per-triplet predict']:.1f}")
+    if args.out:
+        from benchmarks_out import write_table
+
+        rows = [{"strategy": n, "s_per_step": round(m, 5), "min": round(min(times[n]), 5), "max": round(max(times[n]), 5),
+                 "x_random": round(over[n], 2) if n in over else None} for n, m in med.items()]
+        write_table(args.out, rows, profile=args.profile or "default", repeats=args.repeats, steps=args.steps,
+                    precision=p.train.precision, image_size=p.data.image_size)
 
 
 def _assignment_step(trainer, steps: int) -> float:

@@ -14,9 +14,12 @@ threading do not leak between them:
 * float32: float32, graph mode
 * bf16 + XLA: mixed_bfloat16, ``jit_compile=True``
 * bf16, 1 inter-op thread: ``tf.config.threading.set_inter_op_parallelism_threads(1)``
-* float32, oneDNN off: ``TF_ENABLE_ONEDNN_OPTS=0``
+* float32, oneDNN off: ``TF_ENABLE_ONEDNN_OPTS=0`` (the same Eigen kernels on every x86-64 CPU)
+* bf16, oneDNN AVX2 only: ``ONEDNN_MAX_CPU_ISA=AVX2`` (the kernels of a CPU without AVX-512)
 
-Prints the median of ``--repeats`` timings of ``--steps`` steps each, after a warm-up.
+Prints the median of ``--repeats`` timings of ``--steps`` steps each, after a warm-up, and
+with ``--out`` writes the table (with the machine it ran on) as CSV, e.g.
+``docs/benchmarks/step_speed.csv``, which docs/results.md shows.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ SETTINGS = {
     "bf16 + XLA": ({"precision": "mixed_bfloat16", "jit": True}, {}),
     "bf16, 1 inter-op thread": ({"precision": "mixed_bfloat16", "inter_op": 1}, {}),
     "float32, oneDNN off": ({"precision": "float32"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    "bf16, oneDNN AVX2 only": ({"precision": "mixed_bfloat16"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}),
 }
 
 
@@ -88,12 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arch", default="convnet", help="a network of tripletml.architectures (default convnet)")
     ap.add_argument("--size", type=int, default=28, help="image size in pixels (default 28)")
     ap.add_argument("--settings", nargs="*", help=f"a subset of: {', '.join(SETTINGS)}")
+    ap.add_argument("--out", help="also write the table as CSV here (e.g. docs/benchmarks/step_speed.csv)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: time one setting and print JSON
     args = ap.parse_args(argv)
     if args.one:
         print(json.dumps(time_one(json.loads(args.one), args.images, args.repeats, args.steps, args.arch, args.size)))
         return
-    base = None
+    base, rows = None, []
     print(f"{'setting':28s} {'s/step':>8s} {'x bf16':>7s}")
     for name in args.settings or SETTINGS:
         setting, env = SETTINGS[name]
@@ -104,6 +109,11 @@ def main(argv: list[str] | None = None) -> None:
         seconds = float(out)
         base = base or seconds
         print(f"{name:28s} {seconds:8.4f} {seconds / base:7.2f}", flush=True)
+        rows.append({"setting": name, "s_per_step": round(seconds, 5), "x_first": round(seconds / base, 2)})
+    if args.out:
+        from benchmarks_out import write_table
+
+        write_table(args.out, rows, images=args.images, repeats=args.repeats, steps=args.steps, arch=args.arch, size=args.size)
 
 
 if __name__ == "__main__":

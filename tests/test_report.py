@@ -580,3 +580,27 @@ def test_seed_runs_count_only_for_the_configuration_they_ran():
     assert report.seed_runs_of(runs, this, seed=1) is runs  # equal to rounding; batch_all was not seed-run
     assert report.seed_runs_of(runs, this.assign(test_acc20=[70.0, 72.0, 90.0]), seed=1) is None
     assert report.seed_runs_of(runs, this, seed=9) is None  # no run at this seed: nothing ties them to this one
+
+
+def test_runs_of_one_seed_on_two_machines_count_as_two_runs():
+    rows = [
+        (0, "cpu A", "random", 80.0), (0, "cpu A", "hard", 84.0),
+        (0, "cpu B", "random", 81.0), (0, "cpu B", "hard", 83.5),  # the same seed, other kernels
+        (1, "cpu A", "random", 79.0), (1, "cpu A", "hard", 85.0),
+    ]  # fmt: skip
+    runs = pd.DataFrame(rows, columns=["seed", "machine", "strategy", "test_acc20"])
+    assert report.seed_spread(runs, "hard", "random") == (2.5, 6.0, 3)
+    assert report.spread_words(runs, "hard", "random") == "3 runs: 2 seeds, 2 machines"
+    assert report.spread_words(runs[runs["machine"] == "cpu A"], "hard", "random") == "2 seeds"
+    ours = pd.DataFrame({"strategy": ["random", "hard"], "test_acc20": [81.0, 83.5]})
+    assert report.seed_runs_of(runs, ours, 0) is runs, "this run is cpu B's seed 0"
+    assert report.seed_runs_of(runs, ours.assign(test_acc20=[81.0, 84.0]), 0) is None, "no one run at seed 0 matches"
+    text = report.finding(_tests(), runs)
+    assert "+2.5 to +6.0 over 3 runs: 2 seeds, 2 machines" in text
+
+
+def test_a_seed_runs_file_without_machines_loads_with_an_empty_machine(tmp_path):
+    path = tmp_path / "seed_runs.csv"
+    _seed_runs().to_csv(path, index=False)
+    runs = report.load_seed_runs(path)
+    assert set(runs["machine"]) == {""} and report.spread_words(runs, "hard", "random") == "3 seeds"

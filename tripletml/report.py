@@ -37,8 +37,10 @@ __all__ = [
     "load_seed_runs",
     "seed_runs_of",
     "seed_spread",
+    "spread_words",
     "finding",
     "verdict",
+    "summary_metrics",
 ]
 
 PathLike = str | os.PathLike
@@ -274,8 +276,27 @@ def paired_tests(
     return pd.DataFrame(rows, columns=list(TEST_COLUMNS))
 
 
+def summary_metrics(table: pd.DataFrame, tests: pd.DataFrame) -> dict[str, dict[str, float | None]]:
+    """The headline figures, small enough for one screen of ``dvc exp show`` / ``dvc metrics diff``:
+    each strategy's accuracy across alphabets, within one alphabet and on Lake's runs, and the
+    assignment's question, hard minus random in triplet batches, on each task set."""
+
+    def value(x: Any) -> float | None:
+        return None if pd.isna(x) else round(float(x), 3)
+
+    out: dict[str, dict[str, float | None]] = {
+        r.strategy: {"across": value(r.test_acc20), "within": value(r.within_acc20), "lake": value(r.lake20_acc)}
+        for r in table.itertuples()
+    }
+    pair = tests[(tests["factor"] == "miner") & (tests["held"] == "sampler triplets")]
+    if len(pair):
+        out["hard_minus_random"] = {r.task_set: round(r.acc - r.baseline_acc, 3) for r in pair.itertuples()}
+    return out
+
+
 def load_seed_runs(path: PathLike) -> pd.DataFrame:
-    """``docs/seed_runs.csv``: one row per (seed, strategy) of full default runs at other seeds."""
+    """``docs/seed_runs.csv``: one row per (run, strategy) of full default runs: the same params at
+    other training seeds, and at one seed on other machines (an optional ``machine`` column)."""
     path = Path(path)
     if not path.is_file():
         raise _missing(path, "report")
@@ -286,31 +307,50 @@ def load_seed_runs(path: PathLike) -> pd.DataFrame:
     absent = [c for c in ("seed", "strategy", "test_acc20") if c not in runs.columns]
     if absent:
         raise DataError(f"{path}: missing column(s) {', '.join(absent)}")
+    if "machine" not in runs.columns:
+        runs["machine"] = ""
+    runs["machine"] = runs["machine"].fillna("").astype(str)
     return runs
+
+
+def _run_keys(runs: pd.DataFrame) -> list[str]:
+    return ["seed", "machine"] if "machine" in runs.columns else ["seed"]
 
 
 def seed_runs_of(runs: pd.DataFrame, table: pd.DataFrame, seed: int, tolerance: float = 0.05) -> pd.DataFrame | None:
     """``runs`` if they were made with this run's configuration, else None.
 
-    The seed runs are one configuration run at several seeds; they include this very run (its
-    ``seed``) only if that configuration is this one, so every strategy both hold must give
-    the same ``test_acc20``. A profile or an edited ``params.yaml`` fails this and is not
-    given another configuration's spread."""
-    own = runs[runs["seed"] == seed].set_index("strategy")["test_acc20"]
+    The seed runs are one configuration run at several seeds (and machines); they include this
+    very run (its ``seed``) only if that configuration is this one, so every strategy one run at
+    this seed shares with the table must give the same ``test_acc20``. A profile or an edited
+    ``params.yaml`` fails this and is not given another configuration's spread."""
     ours = table.set_index("strategy")["test_acc20"]
-    shared = own.index.intersection(ours.index)
-    if not len(shared) or ((own[shared] - ours[shared]).abs() > tolerance).any():
-        return None
-    return runs
+    for _, own in runs[runs["seed"] == seed].groupby(_run_keys(runs)[1:] or (lambda _: 0)):
+        own = own.set_index("strategy")["test_acc20"]
+        shared = own.index.intersection(ours.index)
+        if len(shared) and ((own[shared] - ours[shared]).abs() <= tolerance).all():
+            return runs
+    return None
 
 
 def seed_spread(runs: pd.DataFrame, strategy: str, baseline: str, column: str = "test_acc20") -> tuple[float, float, int] | None:
-    """(min, max, seeds) of ``strategy - baseline`` in ``column`` over the seeds that ran both."""
-    wide = runs.pivot_table(index="seed", columns="strategy", values=column, aggfunc="first")
+    """(min, max, runs) of ``strategy - baseline`` in ``column`` over the runs (seed, machine) that had both."""
+    wide = runs.pivot_table(index=_run_keys(runs), columns="strategy", values=column, aggfunc="first")
     if strategy not in wide or baseline not in wide:
         return None
     diff = (wide[strategy] - wide[baseline]).dropna()
     return (float(diff.min()), float(diff.max()), int(len(diff))) if len(diff) else None
+
+
+def spread_words(runs: pd.DataFrame, strategy: str, baseline: str) -> str:
+    """The runs that had both strategies, in words: ``"3 seeds"``, or ``"4 runs: 3 seeds, 2 machines"``."""
+    both = runs[runs["strategy"].isin([strategy, baseline])].groupby(_run_keys(runs))["strategy"].nunique()
+    keys = both[both == 2].index.to_frame(index=False)
+    seeds = keys["seed"].nunique()
+    machines = keys["machine"].replace("", pd.NA).nunique() if "machine" in keys else 0
+    if machines < 2 and len(keys) == seeds:
+        return f"{seeds} seed{'s' * (seeds != 1)}"
+    return f"{len(keys)} runs: {seeds} seed{'s' * (seeds != 1)}, {machines} machines"
 
 
 def finding(tests: pd.DataFrame, seeds: pd.DataFrame | None = None, alpha: float = ALPHA) -> str:
@@ -330,6 +370,6 @@ def finding(tests: pd.DataFrame, seeds: pd.DataFrame | None = None, alpha: float
         text = f"{what} {where}: {delta:+.1f} points ({r.strategy} {r.acc:.1f} % vs {r.baseline} {r.baseline_acc:.1f} %, p = {_fmt_p(r.p_value)}, {beyond}"
         spread = seed_spread(seeds, r.strategy, r.baseline) if seeds is not None and len(seeds) else None
         if spread:
-            text += f"; {spread[0]:+.1f} to {spread[1]:+.1f} over {spread[2]} seeds"
+            text += f"; {spread[0]:+.1f} to {spread[1]:+.1f} over {spread_words(seeds, r.strategy, r.baseline)}"
         parts.append(text + ")")
     return "What moved 20-way accuracy across alphabets in this run: " + "; ".join(parts) + "."
