@@ -11,7 +11,7 @@ import yaml
 from synthetic import make_raw_dir
 
 REPO = Path(__file__).resolve().parents[1]
-TRACKED = ["dvc.yaml", "params.yaml", "stages", "tripletml", ".gitignore", "docs/seed_runs.csv"]
+TRACKED = ["dvc.yaml", "params.yaml", "stages", "tripletml", "profiles", ".gitignore", "docs/seed_runs.csv"]
 
 
 def stage_env(work: Path, **extra: str) -> dict[str, str]:

@@ -49,6 +49,24 @@ def test_repro_runs_every_stage_and_leaves_status_clean(repo):
     assert "McNemar" in md and "What moved 20-way accuracy" in md and "Lake et al.'s 20 official one-shot runs" in md
     for png in ["accuracy.png", "tasks.png", "hard_triplets.png"]:
         assert (work / "reports" / png).read_bytes()[:4] == b"\x89PNG"
+    headline = json.loads((work / "metrics" / "summary.json").read_text())
+    assert headline["hard"]["across"] == table.set_index("strategy").at["hard", "test_acc20"]
+    tests = pd.read_csv(work / "reports" / "tests.csv")
+    pair = tests[(tests.factor == "miner") & (tests.held == "sampler triplets") & (tests.task_set == "across")].iloc[0]
+    assert headline["hard_minus_random"]["across"] == pytest.approx(pair.acc - pair.baseline_acc)
+
+
+def test_the_default_profile_is_kept_as_a_run_folder_whose_models_score_as_evaluated(repo):
+    work, _ = repo
+    out = _run([sys.executable, "profiles/run.py", "default"], work).stdout
+    assert "kept as runs/default/" in out
+    info = json.loads((work / "runs/default/run.json").read_text())
+    assert info["wall_seconds"] is None, "nothing ran, so no wall time is claimed"
+    assert info["strategies"] == list(pd.read_csv(work / "reports/comparison.csv").strategy[:-1])
+    scored = _run([sys.executable, "-m", "tripletml.runs", "score", "runs/default"], work).stdout
+    for s in info["strategies"]:
+        lake = json.loads((work / "metrics/evaluate" / f"{s}.json").read_text())["lake20_acc"]
+        assert f"{s}: {lake:.2f} % on Lake's 20 runs" in scored, "a kept model scores as evaluate scored it"
 
 
 def test_mlflow_has_one_run_per_training_stage_with_one_value_per_loop(repo):
