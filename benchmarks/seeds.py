@@ -6,9 +6,8 @@ For each seed, ``dvc exp run -n seed-<s> -S train.seed=<s>`` reruns every traini
 ``evaluate`` and ``report`` in the workspace (saved as a DVC experiment, so ``dvc exp
 show`` lists them side by side), then appends one row per strategy to ``--out``: seed,
 machine, strategy, test_acc20, within_acc20, assignment_best_acc20, lake20_acc. The machine
-(CPU, cores, widest CPU feature; and ``ONEDNN_MAX_CPU_ISA`` when set, which gives oneDNN the
-kernels of an older CPU) tells runs of one seed apart: their figures agree only where the
-kernels do. The evaluation
+(CPU, cores, widest CPU feature) tells runs of one seed apart: their figures agree only where
+the kernels do. The evaluation
 tasks stay the same (``evaluate.seed``), so differences between strategies are paired at
 every seed. Add the committed run's own row with ``--current`` (no training). At the end
 the workspace is put back to the commit's params and outputs (``git checkout``, ``dvc
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -31,17 +29,11 @@ from tripletml.atomic import atomic_path
 COLUMNS = ["seed", "machine", "strategy", "test_acc20", "within_acc20", "assignment_best_acc20", "lake20_acc"]
 
 
-def machine() -> str:
-    """The machine column: the CPU, and the oneDNN kernel limit when one is set."""
-    from tripletml.machine import machine_label
-
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    return machine_label() + (f", oneDNN limited to {isa}" if isa else "")
-
-
 def rows(seed: int) -> list[dict]:
     """One row per strategy (and the ensemble) from the workspace's metrics files."""
-    out, where = [], machine()
+    from tripletml.machine import machine_label
+
+    out, where = [], machine_label()
     for path in sorted(Path("metrics/evaluate").glob("*.json")):
         strategy, ev = path.stem, json.loads(path.read_text())
         train = Path("metrics/train") / f"{strategy}.json"

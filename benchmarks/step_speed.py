@@ -14,8 +14,8 @@ threading do not leak between them:
 * float32: float32, graph mode
 * bf16 + XLA: mixed_bfloat16, ``jit_compile=True``
 * bf16, 1 inter-op thread: ``tf.config.threading.set_inter_op_parallelism_threads(1)``
-* float32, oneDNN off: ``TF_ENABLE_ONEDNN_OPTS=0`` (the same Eigen kernels on every x86-64 CPU)
-* bf16, oneDNN AVX2 only: ``ONEDNN_MAX_CPU_ISA=AVX2`` (the kernels of a CPU without AVX-512)
+* float32, oneDNN off: ``TF_ENABLE_ONEDNN_OPTS=0`` (Eigen's kernels, built into TensorFlow, in
+  place of oneDNN's, which are chosen at run time by the CPU's features)
 
 Prints the median of ``--repeats`` timings of ``--steps`` steps each, after a warm-up, and
 with ``--out`` writes the table (with the machine it ran on) as CSV, e.g.
@@ -39,7 +39,6 @@ SETTINGS = {
     "bf16 + XLA": ({"precision": "mixed_bfloat16", "jit": True}, {}),
     "bf16, 1 inter-op thread": ({"precision": "mixed_bfloat16", "inter_op": 1}, {}),
     "float32, oneDNN off": ({"precision": "float32"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
-    "bf16, oneDNN AVX2 only": ({"precision": "mixed_bfloat16"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}),
 }
 
 
