@@ -7,8 +7,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from servers import MlflowServer, free_port, stop_group, wait_for
 
 from tripletml import tracking
 
@@ -61,10 +61,6 @@ def ours(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith(("warning:", "error:"))]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def loop_row(loop: int) -> dict:
@@ -324,71 +320,9 @@ def test_served_images_paper_1_or_255_are_the_same_images():
 # ----------------------------------------------------------------------------- real servers and stages
 
 
-class Server:
-    """`mlflow server` on 127.0.0.1 in its own process group (so stopping it stops its workers)."""
-
-    def __init__(self, folder: Path, port: int) -> None:
-        self.folder, self.port = folder, port
-        self.uri = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-        self.log = folder / "server.log"
-
-    def start(self, timeout: float = 90.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job-runner processes
-        cmd = [
-            sys.executable, "-m", "mlflow", "server",
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{(self.folder / 'server.db').as_posix()}",
-            "--serve-artifacts", "--artifacts-destination", str(self.folder / "artifacts"),
-        ]  # fmt: skip
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        wait_for(self.uri + "/health", self.proc, self.log, timeout, self.stop)
-
-    def stop(self) -> None:
-        stop_group(self.proc)
-        self.proc = None
-
-
-def wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float, stop) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:4]} exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    stop()
-    raise RuntimeError(f"{url} not up after {timeout} s: {log.read_text()[-2000:]}")
-
-
-def stop_group(proc: subprocess.Popen | None) -> None:
-    """SIGTERM, then SIGKILL, to the process group we started (start_new_session)."""
-    if proc is None:
-        return
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # workers of the group may outlive the parent briefly
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.mark.slow
 def test_a_real_server_lost_mid_run_costs_seconds_and_sync_fills_the_gap(ws, tmp_path, capsys):
-    server = Server(tmp_path, free_port())
+    server = MlflowServer(tmp_path, free_port())
     server.start()
     try:
         os.environ["MLFLOW_TRACKING_URI"] = server.uri
