@@ -3,7 +3,9 @@
 Writes metrics/evaluate/<strategy>.json (accuracy with 95% Wilson intervals, across
 alphabets, within alphabets, on 250 tasks, and on Lake et al.'s 20 official runs) for each
 strategy and for their ``ensemble`` (the strategies' embeddings concatenated), and
-data/evaluate/predictions.npz (every task and each model's pick, for the paired tests).
+data/evaluate/predictions.npz (every task and each model's pick, for the paired tests) and
+data/evaluate/embeddings.npz (each strategy's embedding of every test drawing, as scored: the
+report's maps and distance figures are drawn from it, with no model loaded again).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tripletml.atomic import atomic_path, ensure_writable, write_json
 from tripletml.data import DataError, load_prepared
 
 PREDICTIONS = Path("data/evaluate/predictions.npz")
+EMBEDDINGS = Path("data/evaluate/embeddings.npz")  # <strategy>: (characters, drawings, D) float32
 METRICS = Path("metrics/evaluate")  # <strategy>.json: one row each in `dvc metrics show`
 
 
@@ -74,9 +77,10 @@ def main() -> None:
             f"{s}: test_acc20 {row['test_acc20']:.1f} within_acc20 {row['within_acc20']:.1f} "
             f"test_acc20_250 {row['test_acc20_250']:.1f} lake20_acc {row['lake20_acc']:.1f}"
         )
-    with atomic_path(PREDICTIONS) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    for path, content in ((PREDICTIONS, arrays), (EMBEDDINGS, {s: tables[s] for s in names})):
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **content)
     for s, row in metrics.items():
         write_json(METRICS / f"{s}.json", row)
     tracking.LiveRun("evaluate").finish()  # an observer: a lost MLflow store costs a warning, never the stage

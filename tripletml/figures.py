@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 
 from tripletml.atomic import atomic_path
 
-__all__ = ["class_image", "plot_accuracy", "plot_tasks", "plot_hard_triplets"]
+__all__ = ["class_image", "plot_accuracy", "plot_tasks", "plot_hard_triplets", "plot_embedding_maps", "plot_distances", "plot_mistakes", "missed_tasks"]
 
 PathLike = str | os.PathLike
 DPI = 110
@@ -254,4 +254,128 @@ def plot_hard_triplets(
                 _frame(ax, x, y, S, WRONG_COLOUR if col == 2 else "0.75", 0.8 if col < 2 else 1.2)
                 ax.text(x + S / 2, y + S + 1, _rotation_label(cls[col], n_chars), ha="center", va="top", fontsize=6)
     fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def plot_embedding_maps(
+    maps: Mapping[str, np.ndarray], chars: Mapping[str, np.ndarray], n_drawings: int, path: PathLike
+) -> Path:
+    """Each strategy's test embeddings of a few evaluation alphabets in 2-D (t-SNE), side by side.
+
+    ``maps[strategy]`` holds one point per drawing, character by character in the order of
+    ``chars`` (alphabet -> character indices); a character's drawings share a colour, an
+    alphabet its marker. Tight, well-apart clusters are what a one-shot task needs.
+    """
+    markers = "o^sDv<>P"
+    fig = Figure(figsize=(4.2 * max(1, len(maps)) + 1.6, 4.6), layout="constrained")
+    axes = fig.subplots(1, max(1, len(maps)), squeeze=False)[0]
+    n_chars = sum(len(v) for v in chars.values())
+    colours = [f"C{i % 10}" if n_chars <= 10 else _hsv(i, n_chars) for i in range(n_chars)]
+    for ax, (strategy, xy) in zip(axes, maps.items()):
+        k = 0
+        for a, (alphabet, members) in enumerate(chars.items()):
+            for j in range(len(members)):
+                pts = xy[k * n_drawings : (k + 1) * n_drawings]
+                ax.scatter(pts[:, 0], pts[:, 1], s=9, color=colours[k], marker=markers[a % len(markers)], lw=0)
+                k += 1
+        ax.set_title(strategy, fontsize=11)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [Line2D([], [], color="0.3", marker=markers[a % len(markers)], ls="", label=name.replace("_", " "))
+               for a, name in enumerate(chars)]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="alphabet (marker)")
+    fig.suptitle(f"Test embeddings in 2-D (t-SNE): {n_chars} characters x {n_drawings} drawings, "
+                 "one colour per character", fontsize=11)
+    return _save(fig, path)
+
+
+def _hsv(i: int, n: int) -> tuple[float, float, float]:
+    import colorsys
+
+    return colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.75, 0.85 - 0.25 * (i % 3) / 2)
+
+
+def plot_distances(
+    distances: Mapping[str, Mapping[str, np.ndarray]],
+    margins: Mapping[str, float],
+    overlaps: Mapping[str, Mapping[str, float]],
+    path: PathLike,
+) -> Path:
+    """Per strategy, the squared distances of same-character pairs against different-character
+    pairs (any two characters, and two of one alphabet), with the margin drawn from the median
+    same-character distance: the loss asks every negative to lie beyond that line."""
+    fig = Figure(figsize=(4.2 * max(1, len(distances)), 3.8), layout="constrained")
+    axes = fig.subplots(1, max(1, len(distances)), squeeze=False, sharey=True)[0]
+    styles = {"same": ("same character", TRUE_COLOUR), "across": ("other character", "0.45"),
+              "within": ("other character, same alphabet", WRONG_COLOUR)}
+    top = max(float(np.percentile(np.concatenate(list(d.values())), 99.5)) for d in distances.values())
+    bins = np.linspace(0.0, top, 60)
+    for ax, (strategy, d) in zip(axes, distances.items()):
+        for kind, (label, colour) in styles.items():
+            ax.hist(d[kind], bins=bins, density=True, histtype="stepfilled" if kind == "same" else "step",
+                    alpha=0.35 if kind == "same" else 1.0, color=colour, lw=1.4, label=label)
+        margin = margins.get(strategy)
+        if margin:
+            edge = float(np.median(d["same"])) + margin
+            ax.axvline(edge, color="k", ls=":", lw=1.2, label="median same + margin")
+        o = overlaps.get(strategy, {})
+        ax.set_title(f"{strategy}\noverlap {o.get('across', float('nan')):.1f} % any, "
+                     f"{o.get('within', float('nan')):.1f} % same alphabet", fontsize=9)
+        ax.set_xlabel("squared distance between two test drawings")
+    axes[0].set_ylabel("density")
+    axes[0].legend(fontsize=7, loc="upper right")
+    fig.suptitle("How far apart drawings are: same character against other characters "
+                 "(overlap: chance that an other-character pair is the closer)", fontsize=10)
+    return _save(fig, path)
+
+
+def missed_tasks(
+    predictions: Mapping[str, np.ndarray], strategy: str, prefix: str = "within_", n: int = 8
+) -> tuple[list[tuple[tuple[int, int], tuple[int, int], tuple[int, int]]], int]:
+    """The first ``n`` tasks ``strategy`` got wrong, each as (query, true match, chosen) (character,
+    drawing) pairs, and how many it got wrong in all."""
+    target = np.asarray(predictions[f"{prefix}target"])
+    pred = np.asarray(predictions[f"{prefix}pred_{strategy}"])
+    qc, qd = np.asarray(predictions[f"{prefix}query_char"]), np.asarray(predictions[f"{prefix}query_drawing"])
+    sc, sd = np.asarray(predictions[f"{prefix}support_chars"]), np.asarray(predictions[f"{prefix}support_drawings"])
+    wrong = np.flatnonzero(pred != target)
+    shown = [((int(qc[t]), int(qd[t])), (int(sc[t, target[t]]), int(sd[t, target[t]])), (int(sc[t, pred[t]]), int(sd[t, pred[t]])))
+             for t in wrong[:n]]
+    return shown, int(len(wrong))
+
+
+def plot_mistakes(
+    X_test: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    strategy: str,
+    path: PathLike,
+    prefix: str = "within_",
+    n: int = 8,
+    alphabet_of: Sequence[str] | None = None,
+) -> Path:
+    """Tasks the strategy got wrong: the query, the true match and the drawing it chose, so a
+    reader sees which characters it confuses (within-alphabet tasks by default)."""
+    wrong, missed = missed_tasks(predictions, strategy, prefix, n)
+    cols = 2
+    rows = max(1, -(-len(wrong) // cols))
+    fig = Figure(figsize=(cols * 3 * 0.95 + 0.6, rows * 1.25 + 0.7), layout="constrained")
+    grid = fig.subplots(rows, cols * 3, squeeze=False)
+    for ax in grid.ravel():
+        ax.axis("off")
+    for i, images in enumerate(wrong):
+        r, c0 = divmod(i, cols)
+        cells = zip(images, ("query", "true match", f"{strategy} chose"), ("0.2", TRUE_COLOUR, WRONG_COLOUR))
+        for k, ((char, drawing), label, colour) in enumerate(cells):
+            ax = grid[r, c0 * 3 + k]
+            ax.imshow(_image(X_test, char, drawing), cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2.0 if k else 1.0)
+            title = label if k or alphabet_of is None else alphabet_of[int(char)].replace("_", " ")[:20]
+            ax.set_title(title, fontsize=7, color=colour)
+    fig.suptitle(f"{strategy}: {len(wrong)} of the {missed} {'within-alphabet ' if prefix else ''}test tasks it got wrong",
+                 fontsize=10)
     return _save(fig, path)

@@ -98,6 +98,9 @@ def comparison_markdown(
             "s / step": table["seconds_per_step"].map(_sig),
         }
     )
+    if "overlap_across" in table:  # report.separation: chance a different-character pair is the closer
+        shown.insert(7, "overlap % (any / same alphabet)", [
+            "–" if pd.isna(a) else f"{a:.1f} / {w:.1f}" for a, w in zip(table["overlap_across"], table["overlap_within"])])
     tasks = f"{context.get('tasks', '')} " if context else ""
     parts = [f"# {title}", ""]
     if context:
@@ -118,7 +121,9 @@ def comparison_markdown(
         "It picks its loop on test data, so it is optimistic; it is here to read against the "
         f"assignment's {ASSIGNMENT['random']} % (random) and {ASSIGNMENT['hard']} % (hard), "
         "measured on a GPU with 105-px images and its own network. The `ensemble` row "
-        "concatenates every strategy's embedding.",
+        "concatenates every strategy's embedding. **Overlap** is the chance that a random pair of "
+        "drawings of two different characters (any two, or two of one alphabet) lies closer than a "
+        "random pair of one character's drawings: lower separates better.",
         "",
         _markdown_table(shown, text=("strategy", "sampler", "miner")),
         "",

@@ -41,6 +41,8 @@ __all__ = [
     "finding",
     "verdict",
     "summary_metrics",
+    "load_embeddings",
+    "separation",
 ]
 
 PathLike = str | os.PathLike
@@ -148,7 +150,7 @@ def load_histories(folder: PathLike, strategies: Sequence[str]) -> dict[str, pd.
 
 
 def load_predictions(path: PathLike) -> dict[str, np.ndarray]:
-    """``data/evaluate/predictions.npz`` read fully into a dict (so the file is closed)."""
+    """``data/evaluate/predictions.npz`` (or ``embeddings.npz``) read fully into a dict (so the file is closed)."""
     path = Path(path)
     if not path.is_file():
         raise _missing(path, "evaluate")
@@ -157,6 +159,22 @@ def load_predictions(path: PathLike) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable .npz ({exc})") from exc
+
+
+load_embeddings = load_predictions  # data/evaluate/embeddings.npz: {strategy: (characters, drawings, D)}
+
+
+def separation(
+    embeddings: Mapping[str, np.ndarray], c: Mapping[str, tuple[int, int]], n_pairs: int = 20000, seed: int = 0
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, float]]]:
+    """Each strategy's pair distances (:func:`tripletml.separation.pair_distances`, the same pairs
+    for every strategy) and their overlaps, same-character pairs against any two characters
+    (``across``) and two of one alphabet (``within``), in percent."""
+    from tripletml.separation import overlap, pair_distances
+
+    distances = {s: pair_distances(E, c, n_pairs, np.random.default_rng(seed)) for s, E in embeddings.items()}
+    overlaps = {s: {k: round(overlap(d["same"], d[k]), 2) for k in ("across", "within")} for s, d in distances.items()}
+    return distances, overlaps
 
 
 def load_mined(path: PathLike) -> dict:
