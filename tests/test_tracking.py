@@ -255,6 +255,31 @@ def test_dvc_names_the_stage_and_the_experiment(ws, store, monkeypatch):
     assert [r.info.run_id for r in c.search_runs([experiment_id], "tags.dvc_experiment = 'wide-margin'")] == [run.info.run_id]
 
 
+def test_the_experiment_says_model_training_and_link_opens_its_runs(ws, store, monkeypatch, capsys):
+    """MLflow 3.17's UI opens an experiment on its GenAI pages unless told otherwise: a new store's
+    experiment says model training, an older store's once a stage or `link` meets it, a kind set by
+    hand stays; `link` prints the runs' page in the model-training view."""
+    monkeypatch.setattr(tracking, "EXPERIMENT", "tripletml-kind")  # new in the module's store
+    c, key = client(store), "mlflow.experimentKind"
+
+    def kind():
+        return c.get_experiment_by_name(tracking.EXPERIMENT).tags.get(key)
+
+    tracking.LiveRun("train_hard", PARAMS)  # the experiment is created
+    assert kind() == "custom_model_development"
+    experiment_id = c.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    c.delete_experiment_tag(experiment_id, key)  # a store made before the tag
+    assert tracking.main(["link"]) == 0
+    assert kind() == "custom_model_development"
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning")  # fmt: skip
+    c.set_experiment_tag(experiment_id, key, "genai_development")
+    tracking.LiveRun("train_hard", PARAMS)
+    assert kind() == "genai_development"
+    link = tracking.ui_link("7", "https://mlflow.example/")  # a tracking server: its own address
+    assert link == "https://mlflow.example/#/experiments/7/runs?workflowType=machine_learning"
+
+
 # ----------------------------------------------------------------------------- sync
 
 

@@ -9,6 +9,8 @@ splits as dataset inputs, the report; what a run holds is skipped, so it is safe
 A stage's run is found by its name (``train_<strategy>``, ``evaluate``, ``report``) and tag
 ``pipeline`` (:func:`pipeline_tag`); tags ``dvc_experiment`` (the name under ``dvc exp run``),
 ``dvc_stage`` and MLflow's ``mlflow.source.*`` (script, git commit) say where it came from.
+The experiment is tagged as model training (:data:`EXPERIMENT_TAGS`); ``python -m tripletml.tracking
+link`` (:func:`ui_link`) prints the MLflow UI's address that opens on its runs, not on GenAI pages.
 It imports no other tripletml module, so no stage lists it in its deps (tests/test_dvc_deps.py).
 """
 
@@ -29,6 +31,12 @@ from pathlib import Path
 from typing import Any
 
 EXPERIMENT = "tripletml"
+# MLflow 3.17's UI shows an experiment in the view of its sidebar switch "GenAI / Model training": the
+# link's ``workflowType`` (ui_link() gives it), else the browser's last choice, else GenAI (overview,
+# traces). The tag declares the kind as MLflow's own "create experiment" writes it under "Model training";
+# 3.17's view does not read it.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+UI_VIEW = "workflowType=machine_learning"
 RAW_SIZE = 105  # the Omniglot PNGs' side: tripletml.data.RAW_SIZE (a test checks they agree)
 # MLflow's HTTP client retries a dead server for minutes; here it costs seconds (setdefault: a user's setting wins).
 ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
@@ -94,11 +102,21 @@ def connect(uri: str) -> tuple[Any, str]:
     mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient()
     if (experiment := client.get_experiment_by_name(EXPERIMENT)) is not None:
+        for key, value in EXPERIMENT_TAGS.items():  # a store made before the tag; a kind set by hand stays
+            if not experiment.tags.get(key):
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return client, experiment.experiment_id
     location = None  # MLflow's default, ./mlruns of the folder that ran first, may be a DVC temp copy
     if uri.startswith("sqlite:///"):
         location = (Path(uri[len("sqlite:///") :].split("?")[0]).absolute().parent / "mlartifacts" / EXPERIMENT).as_uri()
-    return client, client.create_experiment(EXPERIMENT, artifact_location=location)
+    return client, client.create_experiment(EXPERIMENT, artifact_location=location, tags=EXPERIMENT_TAGS)
+
+
+def ui_link(experiment_id: str, uri: str) -> str:
+    """The MLflow UI's page of the experiment's runs, in its model-training view: on the tracking
+    server of an ``http(s)`` store, else on ``mlflow ui``'s default address."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?{UI_VIEW}"
 
 
 def _open_run(client: Any, experiment_id: str, stage: str, key: str, unfinished_only: bool) -> str:
@@ -269,7 +287,11 @@ def sync_stage(client: Any, experiment_id: str, stage: str, key: str | None = No
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tripletml.tracking", description="MLflow tracking of the DVC pipeline.")
-    sp = ap.add_subparsers(dest="command", required=True).add_parser(
+    commands = ap.add_subparsers(dest="command", required=True)
+    commands.add_parser("link", help="print the MLflow UI's address of the runs of experiment tripletml", description=(
+        "Print the address at which the MLflow UI (`mlflow ui`, or the server of an http(s) MLFLOW_TRACKING_URI) shows "
+        "experiment tripletml's runs in its model-training view rather than its GenAI overview."))  # fmt: skip
+    sp = commands.add_parser(
         "sync", help="(re)log stages from their DVC outputs into MLflow; safe to repeat", description=(
         "Log each stage's params, per-loop metrics (step = loop), summary metrics, model (registered as tripletml-<strategy>), "
         "dataset inputs and report from its DVC outputs in the current folder into its MLflow run (found by run name and tag "
@@ -283,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - whatever the check raises, the store is unreachable
         print(f"error: MLflow store {uri} unreachable: {' '.join(str(exc).split())[:200]}", file=sys.stderr)
         return 1
+    if args.command == "link":
+        print(ui_link(experiment_id, uri))
+        return 0
     stages = args.stages or [f"train_{f.stem}" for f in sorted(Path("metrics/history").glob("*.csv"))] + [
         s for s, f in (("evaluate", "metrics/evaluate"), ("report", "reports/comparison.csv")) if Path(f).exists()]
     status = 0
