@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 from repo_copy import make_repo, run_ok
 
 pytestmark = pytest.mark.slow
@@ -72,13 +73,9 @@ def test_a_profile_in_a_fresh_clone_keeps_the_placed_raw_data(tmp_path):
     """A fresh clone has dvc.lock but an empty cache; the README has users place the zips by hand."""
     import shutil
 
-    from repo_copy import REPO
-
-    work = make_repo(tmp_path / "repo")
+    work = make_repo(tmp_path / "repo")  # profiles/run.py included
     env = _queue_env(work)
     run_ok(["dvc", "repro"], work, env=env)
-    (work / "profiles").mkdir()
-    shutil.copy(REPO / "profiles" / "run.py", work / "profiles" / "run.py")
     (work / "profiles" / "tiny.yaml").write_text("train.margin: 0.3\n")
     _git_commit(work, "base")
     shutil.rmtree(work / ".dvc" / "cache")  # as cloned: the lock names outputs the cache lacks
@@ -89,3 +86,6 @@ def test_a_profile_in_a_fresh_clone_keeps_the_placed_raw_data(tmp_path):
     shown = json.loads(run_ok(["dvc", "exp", "show", "--json"], work, env=env).stdout)
     exps = {e["name"] for rev in shown for e in (rev.get("experiments") or []) for e in e["revs"]}
     assert "tiny" in exps
+    kept = json.loads((work / "runs" / "tiny" / "run.json").read_text())  # the finished run, kept as files
+    assert kept["overrides"] == {"train.margin": 0.3} and kept["wall_seconds"] > 0 and kept["evaluated"]
+    assert yaml.safe_load((work / "runs" / "tiny" / "params.yaml").read_text())["train"]["margin"] == 0.3

@@ -134,14 +134,14 @@ def test_unwritable_output_folder_fails_before_any_work(repo: Path, cmd: list[st
 
 
 def test_tracking_server_lost_mid_stage_then_sync_logs_every_loop_once(tmp_path: Path) -> None:
-    from test_tracking import Server, free_port
+    from servers import MlflowServer, free_port
 
     import mlflow
 
     # Long loops (seconds each) so the server is surely down before the stage ends.
     work = make_repo(tmp_path / "repo", train={"loops": 3, "steps_per_loop": 1500})
     run_ok([sys.executable, "stages/prepare.py"], work)
-    server = Server(tmp_path, free_port())
+    server = MlflowServer(tmp_path, free_port())
     server.start()
     env = stage_env(work, MLFLOW_TRACKING_URI=server.uri)
     keys = ("loss", "val_acc20", "test_acc20_250", "loop_seconds")
