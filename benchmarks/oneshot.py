@@ -18,7 +18,8 @@ ones, so the timings are representative; the accuracies are not meaningful.
 
 Both paths are warmed up first so graph tracing is not timed. The last line printed is
 ``speedup: XX.X``: the median course time over the median vectorised time, from
-``--repeats`` side-by-side repeats (default 5).
+``--repeats`` side-by-side repeats (default 5). ``--out`` also writes both ways' figures as
+CSV (``docs/benchmarks/oneshot.csv``, shown in docs/results.md).
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats of each way; medians are reported")
+    ap.add_argument("--out", help="also write the figures as CSV here (e.g. docs/benchmarks/oneshot.csv)")
     args = ap.parse_args()
 
     X, data_note = load_images(args.prepared)
@@ -135,6 +137,14 @@ def main() -> None:
     print(f"per-task agreement: {100 * np.mean(fast == slow):.1f}%")
     print(f"per-repeat speedups: {', '.join(f'{r:.1f}' for r in ratios)}")
     print(f"speedup: {t_slow / t_fast:.1f}")
+    if args.out:
+        from benchmarks_out import write_table
+
+        rows = [{"way": "vectorised", "seconds": round(t_fast, 4), "images_embedded": n_used, "x_vectorised": 1.0,
+                 "accuracy": round(100 * fast.mean(), 2)},
+                {"way": "course (predict per task)", "seconds": round(t_slow, 4), "images_embedded": 2 * args.N * args.tasks,
+                 "x_vectorised": round(t_slow / t_fast, 1), "accuracy": round(100 * slow.mean(), 2)}]
+        write_table(args.out, rows, tasks=args.tasks, n_way=args.N, repeats=args.repeats, data=data_note, model=model_note)
 
 
 if __name__ == "__main__":
