@@ -54,10 +54,10 @@ def timed(cmd: list[str]) -> float | None:
 
 
 def keep(name: str, values: dict, seconds: float | None) -> None:
-    from tripletml.runs import RUNS, save_run
+    sys.path.insert(0, str(HERE))
+    from keep import keep as keep_run  # profiles/keep.py
 
-    dest = save_run(name, ".", RUNS / name, values, seconds, command=" ".join(["python profiles/run.py", *sys.argv[1:]]))
-    print(f"kept as {dest}/ (commit it to publish; `python -m tripletml.docs` writes the docs' tables from it)")
+    keep_run(name, Path.cwd(), values, seconds, " ".join(["python profiles/run.py", *sys.argv[1:]]))
 
 
 def main() -> None:

@@ -91,6 +91,15 @@ def test_a_workspace_without_finished_training_is_refused_and_the_saved_run_kept
     assert runs.load_run(dest).info["strategies"] == ["random", "hard"]
 
 
+def test_outputs_another_run_left_are_not_kept(tmp_path):
+    ws = _workspace(tmp_path / "ws", {"random": 80.0, "hard": 90.0})
+    dest = runs.save_run("p", ws, tmp_path / "runs" / "p", exclude=["models/hard", "metrics/train/hard.json",
+                                                                    "metrics/history/hard.csv", "metrics/evaluate"])
+    rec = runs.load_run(dest)
+    assert rec.info["strategies"] == ["random"] and not rec.info["evaluated"] and rec.evaluate == {}
+    assert not (dest / "models" / "hard").exists() and (dest / "models" / "random" / "embedding.keras").is_file()
+
+
 def test_a_half_finished_run_is_kept_with_what_it_has(tmp_path):
     ws = _workspace(tmp_path / "ws", {"random": 80.0, "hard": 90.0}, evaluated=False)
     rec = runs.load_run(runs.save_run("p", ws, tmp_path / "runs" / "p"))

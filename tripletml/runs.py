@@ -1,9 +1,9 @@
 """A finished run kept as files: ``runs/<profile>/``, so anyone can read, compare or re-score it.
 
-    python -m tripletml.runs save <profile> [--from WORKSPACE] [--wall-seconds S]
+    python profiles/keep.py <profile> [--from WORKSPACE] [--wall-seconds S]   # (profiles/run.py does it)
     python -m tripletml.runs score runs/<profile> [--lake data/raw/all_runs.zip]
 
-``save`` copies what a pipeline run wrote in a workspace (its params, the metrics and
+:func:`save_run` copies what a pipeline run wrote in a workspace (its params, the metrics and
 histories, the report, the chosen models) into ``runs/<profile>/`` together with
 ``run.json``: the profile's overrides, the commit, the machine and the TensorFlow version
 that made it, and the wall time when known. A run folder mirrors the workspace's layout::
@@ -16,8 +16,9 @@ that made it, and the wall time when known. A run folder mirrors the workspace's
 so ``tripletml.load_embedder("runs/<profile>/models/hard")`` loads a model and ``dvc metrics
 show runs/*/metrics/summary.json`` puts the profiles side by side. A run whose stages have not
 all finished (hours on a CPU) is saved with what it has; ``run.json`` lists the strategies
-present. ``score`` re-scores every saved model on Lake et al.'s 20 runs in about a minute.
-Nothing here imports TensorFlow except ``score``.
+present; the caller names the outputs that are not this run's (``exclude``: profiles/keep.py asks
+``dvc status``). ``score`` re-scores every saved model on Lake et al.'s 20 runs in about a minute.
+Nothing here imports TensorFlow except ``score``, nor DVC.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ COPIED = (
     "models/*/meta.json",
     "models/*/mined.json",
 )
+
+
 def _git(workspace: Path, *args: str) -> str | None:
     out = subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True)
     return out.stdout.strip() if out.returncode == 0 else None
@@ -83,12 +86,16 @@ def save_run(
     overrides: dict[str, Any] | None = None,
     wall_seconds: float | None = None,
     command: str | None = None,
+    exclude: Iterable[str] = (),
 ) -> Path:
     """Copy a workspace's finished outputs into ``dest`` (default ``<workspace>/runs/<profile>``)
-    and write ``run.json``; what the folder held before is replaced as a whole."""
+    and write ``run.json``; what the folder held before is replaced as a whole. ``exclude``:
+    outputs (files or folders, relative to the workspace) left by another run, not copied."""
     src = Path(workspace).resolve()
     dest = Path(dest) if dest is not None else src / RUNS / profile
-    files = sorted({p for pattern in COPIED for p in src.glob(pattern) if p.is_file()})
+    stale = [Path(e) for e in exclude]
+    files = sorted({p for pattern in COPIED for p in src.glob(pattern) if p.is_file()
+                    and not any(p.relative_to(src).is_relative_to(e) for e in stale)})
     if not any(p.parent == src / "metrics" / "train" for p in files):
         raise DataError(f"{src}: no finished training (metrics/train/*.json); nothing to save as run {profile!r}")
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -208,24 +215,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m tripletml.runs", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    save = sub.add_parser("save", help="keep a workspace's finished run as runs/<profile>/")
-    save.add_argument("profile")
-    save.add_argument("--from", dest="workspace", default=".", help="the workspace that ran it (default: here)")
-    save.add_argument("--wall-seconds", type=float, help="the pipeline's wall time, when it was timed")
-    save.add_argument("--overrides", help="the profile file whose dotted keys the run applied")
     rescore = sub.add_parser("score", help="score a saved run's models on Lake et al.'s 20 runs")
     rescore.add_argument("folder")
     rescore.add_argument("--lake", default="data/raw/all_runs.zip")
     args = ap.parse_args(argv)
     try:
-        if args.command == "save":
-            overrides = yaml.safe_load(Path(args.overrides).read_text(encoding="utf-8")) if args.overrides else {}
-            dest = save_run(args.profile, args.workspace, RUNS / args.profile, overrides, args.wall_seconds,
-                            command=" ".join(["python -m tripletml.runs", *(argv or sys.argv[1:])]))
-            print(f"{dest}: {', '.join(load_run(dest).info['strategies'])}")
-        else:
-            for s, acc in score(args.folder, args.lake).items():
-                print(f"{s}: {acc:.2f} % on Lake's 20 runs")
+        for s, acc in score(args.folder, args.lake).items():
+            print(f"{s}: {acc:.2f} % on Lake's 20 runs")
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
