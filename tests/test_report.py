@@ -359,11 +359,16 @@ def test_load_seed_runs(tmp_path):
         report.load_seed_runs(tmp_path / "empty.csv")
 
 
-def test_the_repository_seed_runs_file_loads():
-    """The report stage reads docs/seed_runs.csv; it must fit the loader."""
+def test_the_repository_seed_runs_include_the_committed_default_run():
+    """The report stage reads docs/seed_runs.csv: it holds the committed default run's own figures
+    (one of its rows), so the report quotes their spread beside each of its differences."""
     runs = report.load_seed_runs(REPO / "docs" / "seed_runs.csv")
-    assert {"seed", "strategy", "test_acc20"} <= set(runs.columns)
-    report.finding(_tests(), runs)  # whatever it holds, the finding can be written from it
+    table = pd.read_csv(REPO / "runs" / "default" / "reports" / "comparison.csv")
+    tests = pd.read_csv(REPO / "runs" / "default" / "reports" / "tests.csv")
+    assert report.seed_runs_of(runs, table, seed=0) is runs
+    text = report.finding(tests, runs)
+    across = tests[tests["task_set"] == "across"]
+    assert text.count(" over ") == len(across) > 0, "every difference comes with its range"
 
 
 # ----------------------------------------------------------------------------- Markdown and files
