@@ -91,7 +91,7 @@ def main() -> None:
         from benchmarks_out import write_table
 
         rows = [{"strategy": n, "s_per_step": round(m, 5), "min": round(min(times[n]), 5), "max": round(max(times[n]), 5),
-                 "x_random": round(over[n], 2) if n in over else None} for n, m in med.items()]
+                 "x_random_same_batches": round(over[n], 2) if n in over else None} for n, m in med.items()]
         write_table(args.out, rows, profile=args.profile or "default", repeats=args.repeats, steps=args.steps,
                     precision=p.train.precision, image_size=p.data.image_size)
 

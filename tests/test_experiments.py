@@ -7,7 +7,8 @@ import time
 
 import pytest
 import yaml
-from repo_copy import make_repo, run_ok
+from conftest import copy_of
+from repo_copy import run_ok
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +34,9 @@ def _wait_for_queue(work, env, timeout=900):
     raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
 
 
-def test_queued_experiments_run_offline_from_the_cache(tmp_path):
-    work = make_repo(tmp_path / "repo")
+def test_queued_experiments_run_offline_from_the_cache(reproduced, tmp_path):
+    work = copy_of(reproduced[0], tmp_path / "repo")  # after `dvc repro`: the cache holds raw data, splits, models
     env = _queue_env(work)
-    run_ok(["dvc", "repro"], work, env=env)  # fills the cache: raw data, prepared splits, models
-    _git_commit(work, "base")
 
     for name, value in (("short", "train.loops=1"), ("wide", "train.margin=0.3")):
         run_ok(["dvc", "exp", "run", "--queue", "-n", name, "-S", value], work, env=env)
@@ -69,13 +68,12 @@ def test_queued_experiments_run_offline_from_the_cache(tmp_path):
         assert {"train_random", "train_hard"} <= stages, (name, stages)
 
 
-def test_a_profile_in_a_fresh_clone_keeps_the_placed_raw_data(tmp_path):
+def test_a_profile_in_a_fresh_clone_keeps_the_placed_raw_data(reproduced, tmp_path):
     """A fresh clone has dvc.lock but an empty cache; the README has users place the zips by hand."""
     import shutil
 
-    work = make_repo(tmp_path / "repo")  # profiles/run.py included
+    work = copy_of(reproduced[0], tmp_path / "repo")  # after `dvc repro`; profiles/run.py included
     env = _queue_env(work)
-    run_ok(["dvc", "repro"], work, env=env)
     (work / "profiles" / "tiny.yaml").write_text("train.margin: 0.3\n")
     _git_commit(work, "base")
     shutil.rmtree(work / ".dvc" / "cache")  # as cloned: the lock names outputs the cache lacks

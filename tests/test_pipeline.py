@@ -7,7 +7,8 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-from repo_copy import make_repo, run_ok, stage_env
+from conftest import copy_of
+from repo_copy import run_ok, stage_env
 
 pytestmark = pytest.mark.slow
 
@@ -20,13 +21,10 @@ def _ran(stdout: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    work = make_repo(tmp_path_factory.mktemp("pipeline"))
-    first = _run(["dvc", "repro"], work)
-    # `dvc exp run` needs a commit to branch experiments from
-    subprocess.run(["git", "add", "-A"], cwd=work, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], cwd=work, check=True)
-    return work, first.stdout
+def repo(reproduced, tmp_path_factory):
+    """The session's reproduced repo (conftest.reproduced), committed: `dvc exp run` branches from it."""
+    work, stdout = reproduced
+    return copy_of(work, tmp_path_factory.mktemp("pipeline") / "repo"), stdout
 
 
 def test_repro_runs_every_stage_and_leaves_status_clean(repo):

@@ -1,8 +1,8 @@
 """A team on one experiment: one DVC remote on a real SSH server and one MLflow tracking server
 on PostgreSQL with proxied artifacts, all started here on 127.0.0.1; two clones of the repo.
 
-Clone A runs the pipeline (tiny params) logging to the server and pushes; clone B, fresh,
-pulls and finds everything A has. Then the faults: the database restarted mid-stage, a push
+Clone A holds a finished pipeline (tiny params), logs it to the server and pushes; clone B,
+fresh, pulls and finds everything A has; B's own stages log to the server as they run. Then the faults: the database restarted mid-stage, a push
 killed midway, wrong credentials and an unreachable remote.
 """
 
@@ -21,7 +21,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
-from repo_copy import make_repo, run_ok, stage_env
+from conftest import copy_of
+from repo_copy import run_ok, stage_env
 from servers import MlflowServer, Postgres, Sshd, free_port, stop_group, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -63,14 +64,16 @@ def _glyphs() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def clone_a(team, tmp_path_factory):
-    a = make_repo(tmp_path_factory.mktemp("a") / "repo")
+def clone_a(reproduced, team, tmp_path_factory):
+    """A's finished pipeline (the session's reproduced repo), its runs logged from its outputs into
+    the team's server (`tracking sync`), its data and models pushed to the team's remote."""
+    a = copy_of(reproduced[0], tmp_path_factory.mktemp("a") / "repo")
     run_ok(["dvc", "remote", "add", "-d", "team", team.ssh.url(team.remote)], a)
     _use_key(a, team)
-    run_ok(["dvc", "repro"], a, env=_env(a, team))
+    run_ok([sys.executable, "-m", "tripletml.tracking", "sync"], a, env=_env(a, team))
     run_ok(["dvc", "push"], a)
     subprocess.run(["git", "add", "-A"], cwd=a, check=True)
-    subprocess.run([*GIT, "commit", "-qm", "A's run"], cwd=a, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "the team's remote"], cwd=a, check=True)
     return a
 
 

@@ -216,8 +216,12 @@ def csv_table(src: Sources, path: str | None = None) -> str:
     if not file.is_file():
         return f"*Not measured yet: no `{path}` is committed.*"
     table = pd.read_csv(file)
-    shown = table.apply(lambda col: col.map(lambda v: "–" if pd.isna(v) else (f"{v:.4g}" if isinstance(v, float) else str(v))))
-    return _markdown_table(shown, text=[c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])])
+    cell = lambda v: "–" if pd.isna(v) else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    # A column with one value in every row (the machine, the settings) is said once, under the table.
+    same = [c for c in table.columns if len(table) > 1 and table[c].nunique(dropna=False) == 1]
+    shown = table.drop(columns=same).apply(lambda col: col.map(cell))
+    body = _markdown_table(shown, text=[c for c in shown.columns if not pd.api.types.is_numeric_dtype(table[c])])
+    return body + ("\n\n" + " · ".join(f"{c}: {cell(table[c].iloc[0])}" for c in same) if same else "")
 
 
 def profiles_table(src: Sources, _: str | None = None) -> str:
