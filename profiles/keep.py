@@ -31,10 +31,11 @@ def stale_outputs(workspace: Path) -> list[str]:
     return [o["path"] for name in changed for o in stages.get(name, {}).get("outs", [])]
 
 
-def keep(name: str, workspace: Path, overrides: dict, wall_seconds: float | None, command: str) -> Path:
+def keep(name: str, workspace: Path, overrides: dict, wall_seconds: float | None, command: str, note: str | None = None) -> Path:
     from tripletml.runs import RUNS, load_run, save_run
 
-    dest = save_run(name, workspace, REPO / RUNS / name, overrides, wall_seconds, command, exclude=stale_outputs(workspace))
+    dest = save_run(name, workspace, REPO / RUNS / name, overrides, wall_seconds, command,
+                    exclude=stale_outputs(workspace), note=note)
     print(f"kept as {dest.relative_to(REPO)}/: {', '.join(load_run(dest).info['strategies'])} "
           "(commit it to publish; `python -m tripletml.docs` writes the docs' tables from it)")
     return dest
@@ -46,11 +47,13 @@ def main() -> None:
     ap.add_argument("--from", dest="workspace", default=".", help="the workspace that ran it (default: here)")
     ap.add_argument("--wall-seconds", type=float, help="the pipeline's wall time, where it was timed")
     ap.add_argument("--profile", help="the profile file whose dotted keys the run applied (default: profiles/<name>.yaml)")
+    ap.add_argument("--note", help="what the figures cannot say themselves (e.g. the cores were shared), kept in run.json")
     args = ap.parse_args()
     profile = Path(args.profile) if args.profile else HERE / f"{args.name}.yaml"
     overrides = (yaml.safe_load(profile.read_text(encoding="utf-8")) or {}) if profile.is_file() else {}
     try:
-        keep(args.name, Path(args.workspace).resolve(), overrides, args.wall_seconds, " ".join(["python profiles/keep.py", *sys.argv[1:]]))
+        keep(args.name, Path(args.workspace).resolve(), overrides, args.wall_seconds,
+             " ".join(["python profiles/keep.py", *sys.argv[1:]]), args.note)
     except subprocess.CalledProcessError as exc:
         sys.exit(f"error: `dvc status` failed in {args.workspace}: {exc.stderr.strip()}")
     except ValueError as exc:  # tripletml's DataError: nothing finished to keep

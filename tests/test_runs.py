@@ -102,8 +102,12 @@ def test_outputs_another_run_left_are_not_kept(tmp_path):
 
 def test_a_half_finished_run_is_kept_with_what_it_has(tmp_path):
     ws = _workspace(tmp_path / "ws", {"random": 80.0, "hard": 90.0}, evaluated=False)
-    rec = runs.load_run(runs.save_run("p", ws, tmp_path / "runs" / "p"))
+    rec = runs.load_run(runs.save_run("p", ws, tmp_path / "runs" / "p", note="the cores were shared"))
     assert not rec.info["evaluated"] and rec.evaluate == {} and rec.tests() is None
+    facts = docs.run_facts(docs.Sources(tmp_path), "p")
+    assert facts.endswith(" the cores were shared.")
+    table = docs.run_table(docs.Sources(tmp_path), "p")
+    assert "| hard | 91.0 (2) | 0.0200 | 100 s | 0.05 |" in re.sub(" +", " ", table), "the training stages' own figures"
 
 
 # ----------------------------------------------------------------------------- docs

@@ -89,8 +89,9 @@ def run_facts(src: Sources, profile: str) -> str:
     wall = f"; wall time {_duration(info['wall_seconds'])}" if info.get("wall_seconds") else ""
     commit = (info.get("commit") or "?")[:7]
     left = "" if info.get("evaluated") else " Not yet evaluated: the figures below are the training stages' own."
+    note = f" {info['note'].rstrip('.')}." if info.get("note") else ""
     return (f"Committed run `runs/{profile}/` (commit {commit}, {info.get('saved')}): {done} trained "
-            f"in {_duration(info['train_seconds'])}{wall}, on {_machine(run)}.{left}")
+            f"in {_duration(info['train_seconds'])}{wall}, on {_machine(run)}.{left}{note}")
 
 
 def run_table(src: Sources, profile: str) -> str:

@@ -87,6 +87,7 @@ def save_run(
     wall_seconds: float | None = None,
     command: str | None = None,
     exclude: Iterable[str] = (),
+    note: str | None = None,
 ) -> Path:
     """Copy a workspace's finished outputs into ``dest`` (default ``<workspace>/runs/<profile>``)
     and write ``run.json``; what the folder held before is replaced as a whole. ``exclude``:
@@ -118,6 +119,7 @@ def save_run(
         "wall_seconds": None if wall_seconds is None else round(float(wall_seconds), 1),
         "saved": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
         "machine": machine_facts(),
+        "note": note,  # what the figures cannot say themselves, e.g. cores shared with other work
     }
     write_json(tmp / RUN_FILE, record)
     old = dest.with_name(f".{dest.name}.old")
