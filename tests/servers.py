@@ -8,7 +8,9 @@ missing the tests that need it are skipped with the package's name.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import json
 import glob
 import os
 import shutil
@@ -192,3 +194,31 @@ class Sshd:
     def stop(self) -> None:
         stop_group(self.proc)
         self.proc = None
+
+
+@contextlib.contextmanager
+def served_model(model_uri: str, env: dict, cwd: Path, log: Path):
+    """`mlflow models serve` of ``model_uri`` (this environment, no new one) on a free port;
+    yields ``predict(images) -> np.ndarray`` that asks it over HTTP."""
+    import numpy as np
+
+    port = free_port()
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+             "--host", "127.0.0.1", "--port", str(port)],
+            cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def predict(images) -> np.ndarray:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         json.dumps({"inputs": np.asarray(images).tolist()}).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return np.asarray(json.loads(response.read())["predictions"], np.float32)
+
+    try:
+        wait_for(f"http://127.0.0.1:{port}/ping", proc, log, 300, lambda: stop_group(proc))  # TensorFlow loads slowly on busy cores
+        yield predict
+    finally:
+        stop_group(proc)

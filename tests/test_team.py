@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +22,7 @@ import pytest
 import yaml
 from conftest import copy_of
 from repo_copy import run_ok, stage_env
-from servers import MlflowServer, Postgres, Sshd, free_port, stop_group, wait_for
+from servers import MlflowServer, Postgres, Sshd, free_port, served_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -103,23 +102,9 @@ def test_the_registered_model_serves_from_the_server_in_the_other_clone(clone_a,
     client = mlflow.MlflowClient(team.mlflow.uri)
     version = client.get_model_version("tripletml-hard", "1")
     assert client.get_run(version.run_id).info.artifact_uri.startswith("mlflow-artifacts:"), "proxied: HTTP only"
-    port, log = free_port(), tmp_path / "serve.log"
     env = {**_env(clone_b, team), "MLFLOW_ENV_MANAGER": "local"}
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/tripletml-hard/1", "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=clone_b, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        wait_for(f"http://127.0.0.1:{port}/ping", proc, log, 180, lambda: stop_group(proc))
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         json.dumps({"inputs": _glyphs().tolist()}).encode(),
-                                         {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=120) as response:
-            served = np.asarray(json.loads(response.read())["predictions"], np.float32)
-    finally:
-        stop_group(proc)
+    with served_model("models:/tripletml-hard/1", env, clone_b, tmp_path / "serve.log") as predict:
+        served = predict(_glyphs())
     from tripletml.embedder import load_embedder
 
     np.testing.assert_allclose(served, load_embedder(clone_a / "models" / "hard").embed(_glyphs()), rtol=1e-5, atol=1e-6)

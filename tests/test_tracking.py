@@ -10,13 +10,12 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from servers import MlflowServer, free_port, stop_group, wait_for
+from servers import MlflowServer, free_port, served_model
 
 from tripletml import tracking
 
@@ -416,26 +415,9 @@ def test_mlflow_models_serve_answers_with_the_embedders_own_embeddings(trained, 
     from tripletml.embedder import load_embedder
 
     work, _ = trained
-    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/tripletml-hard/1", "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        wait_for(f"http://127.0.0.1:{port}/ping", proc, log, 180, lambda: stop_group(proc))
-        raw = np.stack([glyph(seed, 0) for seed in range(4)])  # 1 = paper, 0 = ink
-        expected = load_embedder(work / "models" / "hard").embed(raw)
+    raw = np.stack([glyph(seed, 0) for seed in range(4)])  # 1 = paper, 0 = ink
+    expected = load_embedder(work / "models" / "hard").embed(raw)
+    with served_model("models:/tripletml-hard/1", env, tmp_path, tmp_path / "serve.log") as predict:
         for images in (raw, raw * 255):  # both decodes of a PNG
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": images.tolist()}).encode(),
-                {"Content-Type": "application/json"},
-            )  # fmt: skip
-            with urllib.request.urlopen(request, timeout=120) as response:
-                served = np.asarray(json.loads(response.read())["predictions"], np.float32)
-            np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
-    finally:
-        stop_group(proc)
+            np.testing.assert_allclose(predict(images), expected, rtol=1e-5, atol=1e-6)
