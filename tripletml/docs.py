@@ -171,7 +171,9 @@ def run_headline(src: Sources, profile: str) -> str:
                          f"{len(run.histories.get(s, []))} loops, loop {tr.get('assignment_best_loop')})")
     took = _duration(run.info.get("wall_seconds") or run.info["train_seconds"])
     what = "the whole pipeline" if run.info.get("wall_seconds") else "training"
-    return f"Committed run (`runs/{profile}/`): {'; '.join(parts)}. {what.capitalize()} took {took} on {_machine(run)}."
+    head = "Committed run" if run.info.get("evaluated") else "Committed part of a run, not yet evaluated"
+    note = f" {run.info['note'].rstrip('.')}." if run.info.get("note") else ""
+    return f"{head} (`runs/{profile}/`): {'; '.join(parts)}. {what.capitalize()} took {took} on {_machine(run)}.{note}"
 
 
 def run_tests(src: Sources, profile: str) -> str:
