@@ -79,6 +79,11 @@ def _machine(run: RunRecord) -> str:
     return f"{m['cpu']}, {m.get('cores')} cores ({flags}){gpus}, TensorFlow {m.get('tensorflow')}"
 
 
+def _note(info: dict) -> str:
+    """A kept run's note as a closing sentence, or nothing."""
+    return f" {info['note'].rstrip('.')}." if info.get("note") else ""
+
+
 def run_facts(src: Sources, profile: str) -> str:
     """Where and how a profile's committed run was made."""
     run = src.run(profile)
@@ -89,7 +94,7 @@ def run_facts(src: Sources, profile: str) -> str:
     wall = f"; wall time {_duration(info['wall_seconds'])}" if info.get("wall_seconds") else ""
     commit = (info.get("commit") or "?")[:7]
     left = "" if info.get("evaluated") else " Not yet evaluated: the figures below are the training stages' own."
-    note = f" {info['note'].rstrip('.')}." if info.get("note") else ""
+    note = _note(info)
     return (f"Committed run `runs/{profile}/` (commit {commit}, {info.get('saved')}): {done} trained "
             f"in {_duration(info['train_seconds'])}{wall}, on {_machine(run)}.{left}{note}")
 
@@ -172,7 +177,7 @@ def run_headline(src: Sources, profile: str) -> str:
     took = _duration(run.info.get("wall_seconds") or run.info["train_seconds"])
     what = "the whole pipeline" if run.info.get("wall_seconds") else "training"
     head = "Committed run" if run.info.get("evaluated") else "Committed part of a run, not yet evaluated"
-    note = f" {run.info['note'].rstrip('.')}." if run.info.get("note") else ""
+    note = _note(run.info)
     return f"{head} (`runs/{profile}/`): {'; '.join(parts)}. {what.capitalize()} took {took} on {_machine(run)}.{note}"
 
 
